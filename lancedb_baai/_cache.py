@@ -1,0 +1,178 @@
+"""The per-process engine cache: one load per key, counted, thread-safe and fork-aware.
+
+Function objects are configuration only; they find their engine here by key. A key is
+(kind, model, revision, device, dtype, max_length) and nothing else, so objects that
+differ in normalize, instruction or batch size share one engine.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import gc
+import logging
+import os
+import sys
+import threading
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EngineKey:
+    """What makes two engines different. Anything else is a per-call option."""
+
+    kind: str
+    model: str
+    revision: str | None
+    device: str
+    dtype: str
+    max_length: int | None
+
+
+@dataclass
+class _Slot:
+    """One cache entry: the engine that serves a key, and what it served before (for rollback)."""
+
+    key: EngineKey
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    engine: Any = None
+    served: str = ""
+    version: int = 0
+    calls: int = 0
+    history: list[tuple[Any, str]] = field(default_factory=list)
+
+
+Loader = Callable[[EngineKey], Any]
+
+
+class EngineCache:
+    """Engines of this process, by key. Use the module-level :data:`CACHE`."""
+
+    def __init__(self) -> None:
+        self._slots: dict[EngineKey, _Slot] = {}
+        self._lock = threading.Lock()
+        self._loads: Counter[EngineKey] = Counter()
+        self._inherited: list[Any] = []
+
+    def get(self, key: EngineKey, loader: Loader) -> Any:
+        """The engine for ``key``, loading it once; concurrent callers of a cold key wait for that load."""
+        slot = self._slot(key)
+        engine = slot.engine
+        if engine is None:
+            with slot.lock:  # per key: loading one model never blocks another
+                if slot.engine is None:
+                    slot.engine = self._load(slot, key, loader)
+                    slot.served = key.model
+                engine = slot.engine
+        slot.calls += 1
+        return engine
+
+    def swap(self, key: EngineKey, new_key: EngineKey, loader: Loader,
+             check: Callable[[Any, Any], None] | None = None) -> dict[str, Any]:
+        """Serve ``key`` from the model of ``new_key`` from now on; the old engine is kept for rollback.
+
+        The new engine is loaded before any lock callers wait on is taken; the switch is one
+        assignment, so calls in flight finish on the engine they already hold.
+        """
+        slot = self._slot(key)
+        engine = self._load(slot, new_key, loader)
+        with slot.lock:
+            old = slot.engine
+            if check is not None:
+                check(old, engine)
+            slot.history.append((old, slot.served))
+            slot.engine, slot.served = engine, new_key.model
+            slot.version += 1
+        return self._record(slot)
+
+    def rollback(self, key: EngineKey) -> dict[str, Any]:
+        """Serve ``key`` from the engine it had before the last swap."""
+        slot = self._slots.get(key)
+        if slot is None or not slot.history:
+            raise ValueError(f"nothing to roll back for {key.model!r} ({key.kind}): it was never swapped")
+        with slot.lock:
+            slot.engine, slot.served = slot.history.pop()
+            slot.version += 1
+        return self._record(slot)
+
+    def release(self, match: Callable[[EngineKey], bool]) -> list[dict[str, Any]]:
+        """Drop matching engines and give their memory back to the system; return what was dropped."""
+        with self._lock:
+            dropped = [self._slots.pop(k) for k in list(self._slots) if match(k)]
+        records = [self._record(slot) for slot in dropped]
+        dropped.clear()
+        _free_memory()
+        return records
+
+    def info(self) -> list[dict[str, Any]]:
+        """One record per cached engine, in load order."""
+        with self._lock:
+            slots = list(self._slots.values())
+        return [self._record(slot) for slot in slots]
+
+    def total_loads(self) -> int:
+        """Model loads in this process since it started (or forked), released ones included."""
+        return sum(self._loads.values())
+
+    def _slot(self, key: EngineKey) -> _Slot:
+        with self._lock:
+            slot = self._slots.get(key)
+            if slot is None:
+                slot = self._slots[key] = _Slot(key)
+            return slot
+
+    def _load(self, slot: _Slot, key: EngineKey, loader: Loader) -> Any:
+        engine = loader(key)
+        self._loads[slot.key] += 1
+        return engine
+
+    def _record(self, slot: _Slot) -> dict[str, Any]:
+        key = slot.key
+        return {
+            "model": key.model, "served": slot.served or key.model, "kind": key.kind,
+            "device": key.device, "dtype": key.dtype, "max_length": key.max_length,
+            "revision": key.revision, "loads": self._loads[key], "calls": slot.calls,
+            "version": slot.version, "loaded": slot.engine is not None, "pid": os.getpid(),
+        }
+
+    def _after_fork_in_child(self) -> None:
+        """Fresh locks and counters in a forked child; CUDA engines are never used there.
+
+        CPU engines stay: the child reads the parent's weights through copy-on-write. A
+        CUDA context does not survive fork, so those engines are parked (never touched)
+        and the child loads its own on first use.
+        """
+        self._lock = threading.Lock()
+        self._loads = Counter()
+        for key in list(self._slots):
+            slot = self._slots[key]
+            if key.device.startswith("cuda"):
+                self._inherited.append(self._slots.pop(key))
+                continue
+            slot.lock, slot.calls, slot.history = threading.Lock(), 0, []
+            if slot.engine is not None:
+                slot.engine.reset_after_fork()
+
+
+def _free_memory() -> None:
+    """Collect garbage, empty the CUDA cache and ask the C allocator to return freed pages."""
+    gc.collect()
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):
+            logger.debug("malloc_trim is not available; freed memory stays with the process")
+
+
+CACHE = EngineCache()
+"""The engine cache of this process."""
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=lambda: CACHE._after_fork_in_child())

@@ -1,0 +1,213 @@
+"""Loaded models and their batched inference: the only place torch runs.
+
+An engine owns one model and its tokenizer on one device in one dtype. It is built by
+the engine cache (never by users directly) and shared by every function object,
+reranker and pickled copy whose configuration maps to the same cache key.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from . import _hub, _progress
+from ._batching import plan_batches
+from ._device import torch_dtype
+
+if TYPE_CHECKING:
+    from ._cache import EngineKey
+
+logger = logging.getLogger(__name__)
+
+
+class _TorchEngine:
+    """What every engine shares: the tokenizer, length-sorted batches and counters."""
+
+    kind = ""
+
+    def __init__(self, key: EngineKey, model: Any, tokenizer: Any, max_length: int) -> None:
+        self.key = key
+        self.model = model
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.forward_passes = 0
+        # Fast tokenizers are not safe to call from several threads at once.
+        self._tokenizer_lock = threading.Lock()
+
+    def reset_after_fork(self) -> None:
+        """Make the engine usable in a forked child: a fresh lock, fresh counters."""
+        self._tokenizer_lock = threading.Lock()
+        self.forward_passes = 0
+
+    def _tokenize(self, *texts: Sequence[str]) -> dict[str, list]:
+        with self._tokenizer_lock:
+            encoded = self.tokenizer(
+                *texts, truncation=self._truncation, max_length=self.max_length, padding=False
+            )
+        return {k: v for k, v in encoded.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+
+    _truncation: str | bool = True
+
+    def _batches(self, features: dict[str, list], batch_size: int, progress: bool, desc: str):
+        """Yield (indices, padded tensors on device) in length order; indices restore order."""
+        lengths = [len(ids) for ids in features["input_ids"]]
+        with _progress.bar(progress, len(lengths), desc) as bar:
+            for index in plan_batches(lengths, batch_size):
+                chunk = {k: [v[i] for i in index] for k, v in features.items()}
+                with self._tokenizer_lock:
+                    padded = self.tokenizer.pad(chunk, return_tensors="pt")
+                self.forward_passes += 1
+                yield index, {k: t.to(self.key.device) for k, t in padded.items()}
+                if bar is not None:
+                    bar.update(len(index))
+
+
+class BAAIEmbeddingEngine(_TorchEngine):
+    """A bge embedder: texts in, float32 vectors out, in the order given."""
+
+    kind = "embed"
+
+    def __init__(self, key: EngineKey, model: Any, tokenizer: Any, max_length: int,
+                 dims: int, pool: Callable[[dict], Any]) -> None:
+        super().__init__(key, model, tokenizer, max_length)
+        self.dims = dims
+        self._pool = pool
+
+    def encode(self, texts: Sequence[str], *, normalize: bool = True, batch_size: int = 32,
+               progress: bool = False) -> np.ndarray:
+        """Embed ``texts`` (already prefixed with any instruction) as an (n, dims) float32 array."""
+        import torch
+
+        out = np.empty((len(texts), self.dims), dtype=np.float32)
+        if not texts:
+            return out
+        features = self._tokenize(list(texts))
+        with torch.inference_mode():
+            for index, batch in self._batches(features, batch_size, progress, "embedding"):
+                vectors = self._pool(batch).float()
+                if normalize:
+                    vectors = torch.nn.functional.normalize(vectors, p=2, dim=-1)
+                out[index] = vectors.cpu().numpy()
+        return out
+
+
+class BAAIRerankEngine(_TorchEngine):
+    """A bge cross-encoder: FlagReranker's scores (raw single-label logits) for query/passage pairs."""
+
+    kind = "rerank"
+    _truncation = "only_second"
+
+    def score(self, query: str, passages: Sequence[str], *, normalize: bool = False,
+              batch_size: int = 32, progress: bool = False) -> np.ndarray:
+        """Score each passage against ``query``; the passage is truncated, never the query."""
+        import torch
+
+        out = np.empty(len(passages), dtype=np.float32)
+        if not passages:
+            return out
+        query = self._cap_query(query)
+        features = self._tokenize([query] * len(passages), list(passages))
+        with torch.inference_mode():
+            for index, batch in self._batches(features, batch_size, progress, "reranking"):
+                logits = self.model(**batch).logits.view(-1).float()
+                out[index] = (torch.sigmoid(logits) if normalize else logits).cpu().numpy()
+        return out
+
+    def _cap_query(self, query: str) -> str:
+        """Cut a very long query to 3/4 of max_length tokens, as FlagReranker does."""
+        cap = self.max_length * 3 // 4
+        with self._tokenizer_lock:
+            enc = self.tokenizer(query, add_special_tokens=False, return_offsets_mapping=True)
+        offsets = enc["offset_mapping"]
+        if len(offsets) <= cap:
+            return query
+        return query[: offsets[cap - 1][1]]
+
+
+def load_engine(key: EngineKey, trust_remote_code: bool = False) -> _TorchEngine:
+    """Build the engine ``key`` names: resolve files, load weights, move to device and dtype."""
+    start = time.perf_counter()
+    path = _hub.resolve(key.model, key.revision)
+    loader = {"embed": _load_embedder, "rerank": _load_reranker}[key.kind]
+    engine = loader(key, path, trust_remote_code)
+    engine.model.to(device=key.device, dtype=torch_dtype(key.dtype)).eval()
+    logger.info("loaded %s model %s on %s as %s in %.2fs", key.kind, key.model, key.device,
+                key.dtype, time.perf_counter() - start)
+    return engine
+
+
+def _load_embedder(key: EngineKey, path: Path, trust_remote_code: bool) -> BAAIEmbeddingEngine:
+    if (path / "modules.json").is_file():
+        return _load_st_embedder(key, path, trust_remote_code)
+    return _load_plain_embedder(key, path, trust_remote_code)
+
+
+def _load_st_embedder(key: EngineKey, path: Path, trust_remote_code: bool) -> BAAIEmbeddingEngine:
+    """A sentence-transformers layout, its modules (pooling, dense, normalize) as written."""
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(str(path), device="cpu", trust_remote_code=trust_remote_code,
+                                local_files_only=True)
+    if key.max_length is not None:
+        model.max_seq_length = key.max_length
+    dims = _hub.embedding_dims(path)
+    return BAAIEmbeddingEngine(key, model, model.tokenizer, model.max_seq_length, dims,
+                               lambda batch: model(batch)["sentence_embedding"])
+
+
+def _load_plain_embedder(key: EngineKey, path: Path, trust_remote_code: bool) -> BAAIEmbeddingEngine:
+    """A plain transformers export: bge's CLS pooling on the last hidden state."""
+    from transformers import AutoModel, AutoTokenizer
+
+    model = AutoModel.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+    tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+    max_length = key.max_length or _native_max_length(model.config, tokenizer)
+    return BAAIEmbeddingEngine(key, model, tokenizer, max_length, model.config.hidden_size,
+                               lambda batch: model(**batch).last_hidden_state[:, 0])
+
+
+def _load_reranker(key: EngineKey, path: Path, trust_remote_code: bool) -> BAAIRerankEngine:
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    _check_cross_encoder(path)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        str(path), trust_remote_code=trust_remote_code)
+    tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+    max_length = key.max_length or min(512, _native_max_length(model.config, tokenizer))
+    return BAAIRerankEngine(key, model, tokenizer, max_length)
+
+
+def _check_cross_encoder(path: Path) -> None:
+    """Refuse an embedder or a multi-label classifier before loading it as a reranker."""
+    config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    architectures = config.get("architectures") or []
+    if not any(a.endswith("ForSequenceClassification") for a in architectures):
+        raise ValueError(
+            f"{str(path)!r} is an embedding model ({', '.join(architectures) or 'no classifier head'}), "
+            "not a cross-encoder reranker. Use it with 'local-baai' for embeddings, and give "
+            "the reranker a bge-reranker model such as 'BAAI/bge-reranker-base'."
+        )
+    labels = len(config.get("id2label") or {}) or config.get("num_labels", 1)
+    if labels != 1:
+        raise ValueError(
+            f"{str(path)!r} is a classifier with {labels} labels; a bge reranker has a single "
+            "relevance logit (num_labels=1). Pass a bge-reranker model directory."
+        )
+
+
+def _native_max_length(config: Any, tokenizer: Any) -> int:
+    """The longest input the model was built for: the tokenizer's limit within the positions."""
+    positions = getattr(config, "max_position_embeddings", None) or 512
+    if getattr(config, "model_type", "") in ("xlm-roberta", "roberta"):
+        positions -= 2  # RoBERTa-style models offset positions by the padding index
+    declared = getattr(tokenizer, "model_max_length", None)
+    if declared is None or declared > 1_000_000:
+        return positions
+    return min(declared, positions)

@@ -1,0 +1,142 @@
+"""Where a model's files are: a local directory as is, or a hub snapshot under a file lock."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from pathlib import Path
+
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
+
+
+class ModelNotAvailableError(OSError):
+    """A hub model is neither in the local cache nor downloadable from here."""
+
+
+def is_local(name: str) -> bool:
+    """True for names that mean a directory on disk rather than a hub id."""
+    expanded = os.path.expanduser(name)
+    if os.path.isdir(expanded):
+        return True
+    return name.startswith((".", "/", "~", "\\")) or os.path.isabs(name) or not _HUB_ID.fullmatch(name)
+
+
+def model_id(name: str) -> str:
+    """The identity of a model in the engine cache: a resolved local path, or the hub id."""
+    if is_local(name):
+        return os.path.realpath(os.path.expanduser(name))
+    return name
+
+
+def local_dir(name: str) -> Path:
+    """The existing local model directory ``name`` points to, or an error saying what to pass."""
+    path = Path(os.path.expanduser(name))
+    if not path.is_dir():
+        raise FileNotFoundError(
+            f"model directory {str(path)!r} does not exist. Pass name= a directory that "
+            "holds the model's config.json, or a hub id such as 'BAAI/bge-small-en-v1.5'."
+        )
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(
+            f"{str(path)!r} has no config.json, so it is not a transformers model directory. "
+            "Pass the directory that holds config.json and the weights."
+        )
+    return path
+
+
+def resolve(name: str, revision: str | None = None) -> Path:
+    """The directory holding ``name``'s files, downloading a hub model once if needed.
+
+    Local directories are used as they are: nothing is written into them, and they may
+    be read-only. Hub ids are read from the local hub cache; when missing, one process
+    downloads under an inter-process lock while the others wait and then read.
+    """
+    if is_local(name):
+        return local_dir(name)
+    cached = _cached_snapshot(name, revision)
+    if cached is not None:
+        return cached
+    from filelock import FileLock
+
+    with FileLock(str(_lock_path(name, revision))):
+        cached = _cached_snapshot(name, revision)
+        if cached is not None:
+            return cached
+        return _download(name, revision)
+
+
+def hub_cache_dir() -> Path:
+    """The hub cache that huggingface_hub reads and writes (honours HF_HUB_CACHE / HF_HOME)."""
+    from huggingface_hub import constants
+
+    return Path(constants.HF_HUB_CACHE)
+
+
+def _lock_path(name: str, revision: str | None) -> Path:
+    digest = hashlib.sha1(f"{name}@{revision or 'main'}".encode()).hexdigest()[:16]
+    directory = hub_cache_dir() / ".locks" / "lancedb_baai"
+    directory.mkdir(parents=True, exist_ok=True)
+    return directory / f"{digest}.lock"
+
+
+def _cached_snapshot(name: str, revision: str | None) -> Path | None:
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(name, revision=revision, local_files_only=True))
+    except Exception:  # any "not in the cache" flavour huggingface_hub raises
+        return None
+
+
+def _download(name: str, revision: str | None) -> Path:
+    """Fetch a hub snapshot; the one place this package touches the network."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(name, revision=revision))
+    except Exception as exc:
+        raise ModelNotAvailableError(
+            f"model {name!r} is not available locally and could not be downloaded ({exc}). "
+            f"On a machine with network run `lancedb-baai download {name}` (or "
+            "`huggingface-cli download`) and copy the hub cache, or pass name= the path of "
+            "a local directory that holds the model."
+        ) from exc
+
+
+_POOLING_MODES = ("pooling_mode_cls_token", "pooling_mode_mean_tokens", "pooling_mode_max_tokens",
+                  "pooling_mode_mean_sqrt_len_tokens", "pooling_mode_weightedmean_tokens",
+                  "pooling_mode_lasttoken")
+
+
+def embedding_dims(path: Path) -> int:
+    """The output width of the embedder in ``path``, read from its config files (no weights).
+
+    A sentence-transformers layout is read as written: the last Dense module's width, else
+    the pooling width; a plain export gives its hidden size (CLS pooling).
+    """
+    import json
+
+    def read(p: Path) -> dict:
+        return json.loads(p.read_text(encoding="utf-8"))
+
+    dims = read(path / "config.json").get("hidden_size")
+    modules_file = path / "modules.json"
+    for module in read(modules_file) if modules_file.is_file() else []:
+        config_file = path / module.get("path", "") / "config.json"
+        if module["type"].endswith("Pooling") and config_file.is_file():
+            pooling = read(config_file)
+            modes = sum(bool(pooling.get(m)) for m in _POOLING_MODES) or 1
+            dims = pooling.get("word_embedding_dimension", dims) * modes
+        elif module["type"].endswith("Dense") and config_file.is_file():
+            dims = read(config_file).get("out_features", dims)
+    if not dims:
+        raise ValueError(f"cannot tell the embedding width of {str(path)!r}: its config.json has no hidden_size")
+    return int(dims)
+
+
+def cached_dir(name: str, revision: str | None) -> Path | None:
+    """The local directory for ``name`` if its files are here already, without downloading."""
+    if is_local(name):
+        return local_dir(name)
+    return _cached_snapshot(name, revision)

@@ -1,0 +1,145 @@
+"""`local-baai-rerank` and :class:`BAAIReranker`: bge cross-encoders behind ``table.search().rerank()``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from lancedb.embeddings import EmbeddingFunction, register
+from lancedb.rerankers import Reranker
+
+from . import _progress
+from ._config import EngineConfig
+from .embeddings import NoRetry, check_texts
+
+ReturnScore = Literal["relevance", "all"]
+
+
+def check_query(query: Any) -> str:
+    """The query as a non-empty string, or an error that says what was passed instead."""
+    if not isinstance(query, str):
+        raise ValueError(f"query must be a string to rerank against, got {type(query).__name__}")
+    if not query.strip():
+        raise ValueError("query is empty: pass the text the results should be reranked against")
+    return query
+
+
+@register("local-baai-rerank")
+class BAAIRerankFunction(NoRetry, EngineConfig, EmbeddingFunction):
+    """A bge cross-encoder, configured once and loaded once per process.
+
+    Scores follow FlagEmbedding's ``FlagReranker``: the raw logit of the single-label
+    classifier as float32, or its sigmoid with ``normalize=True``. It is registered so a
+    reranker configuration can be created by name, but it does not embed: use
+    :meth:`score` or :meth:`reranker`.
+
+    Parameters
+    ----------
+    name : str, default "BAAI/bge-reranker-base"
+        Hub id or local directory of a bge-reranker model.
+    normalize : bool, default False
+        Return sigmoid(logit) in [0, 1] instead of the raw logit.
+    max_length : int or None, default None
+        Tokens per (query, passage) pair; None is 512 (or the model's own limit if lower).
+        The passage is truncated to fit, never the query (capped at 3/4 of the limit).
+    """
+
+    engine_kind = "rerank"
+    name: str = "BAAI/bge-reranker-base"
+    normalize: bool = False
+
+    def score(self, query: str, passages: Sequence[str]) -> list[float]:
+        """Relevance of each passage to ``query``, in the order given."""
+        check_query(query)
+        passages = check_texts(passages, "passage")
+        progress = _progress.wanted(self.show_progress, len(passages))
+        scores = self.engine().score(query, passages, normalize=self.normalize,
+                                     batch_size=self.batch_size, progress=progress)
+        return scores.tolist()
+
+    def reranker(self, column: str = "text", return_score: ReturnScore = "relevance") -> BAAIReranker:
+        """A LanceDB reranker that scores the ``column`` of search results with this model."""
+        return BAAIReranker(function=self, column=column, return_score=return_score)
+
+    def _not_an_embedder(self, *args, **kwargs):
+        raise TypeError(
+            f"'local-baai-rerank' ({self.name}) is a cross-encoder reranker, not an embedding "
+            "function: it cannot fill a vector column. Use 'local-baai' for vectors, and "
+            "rerank search results with table.search(...).rerank(reranker=fn.reranker())."
+        )
+
+    compute_query_embeddings = _not_an_embedder
+    compute_source_embeddings = _not_an_embedder
+    ndims = _not_an_embedder
+
+
+class BAAIReranker(Reranker):
+    """Rerank LanceDB vector, full-text, hybrid and multi-vector results with a bge cross-encoder.
+
+    Adds a float32 ``_relevance_score`` column and sorts by it, highest first. With
+    ``return_score="relevance"`` the search's own ``_distance``/``_score`` columns are
+    dropped; ``"all"`` keeps them. Rows whose text is null are kept, unscored, last.
+    The object is configuration only: instances and pickled copies share one engine.
+
+    Parameters
+    ----------
+    model_name : str, default "BAAI/bge-reranker-base"
+        Hub id or local directory of a bge-reranker model.
+    column : str, default "text"
+        The result column that holds the passage text.
+    return_score : {"relevance", "all"}, default "relevance"
+    function : BAAIRerankFunction, optional
+        An existing configuration to use instead of ``model_name`` and ``options``.
+    **options
+        Engine options of :class:`BAAIRerankFunction` (device, dtype, normalize, batch_size, ...).
+    """
+
+    def __init__(self, model_name: str = "BAAI/bge-reranker-base", column: str = "text",
+                 return_score: ReturnScore = "relevance", *,
+                 function: BAAIRerankFunction | None = None, **options: Any) -> None:
+        super().__init__(return_score)
+        self.function = function if function is not None else BAAIRerankFunction(name=model_name, **options)
+        self.column = column
+
+    def __repr__(self) -> str:
+        options = ", ".join(f"{k}={v!r}" for k, v in self.function.model_dump(exclude_defaults=True).items())
+        return f"BAAIReranker({options}, column={self.column!r}, return_score={self.score!r})"
+
+    __str__ = __repr__
+
+    def rerank_vector(self, query: str, vector_results: pa.Table) -> pa.Table:
+        return self._finish(self._rerank(vector_results, query))
+
+    def rerank_fts(self, query: str, fts_results: pa.Table) -> pa.Table:
+        return self._finish(self._rerank(fts_results, query))
+
+    def rerank_hybrid(self, query: str, vector_results: pa.Table, fts_results: pa.Table) -> pa.Table:
+        if self.score == "all":
+            combined = self._merge_and_keep_scores(vector_results, fts_results)
+        else:
+            combined = self.merge_results(vector_results, fts_results)
+        return self._finish(self._rerank(combined, query))
+
+    def _rerank(self, results: pa.Table, query: str) -> pa.Table:
+        check_query(query)
+        if len(results) == 0:
+            return self._handle_empty_results(results)
+        if self.column not in results.column_names:
+            raise ValueError(
+                f"column {self.column!r} not found in results; columns are {results.column_names}. "
+                "Pass column= the name of the text column."
+            )
+        passages = results[self.column].to_pylist()
+        present = [i for i, p in enumerate(passages) if p is not None]
+        scores = np.full(len(passages), np.nan, dtype=np.float32)
+        scores[present] = self.function.score(query, [passages[i] for i in present])
+        score_column = pa.array(scores, type=pa.float32(), mask=np.isnan(scores))
+        return results.append_column("_relevance_score", score_column)
+
+    def _finish(self, results: pa.Table) -> pa.Table:
+        if self.score == "relevance":
+            results = results.drop_columns([c for c in ("_distance", "_score") if c in results.column_names])
+        return results.sort_by([("_relevance_score", "descending")])

@@ -1,0 +1,120 @@
+"""Tiny random bge-shaped models for offline tests, demos and benchmarks.
+
+Nothing here downloads anything: each builder writes a small randomly initialised
+model to a directory, in one of the layouts users actually have on disk. Scores and
+vectors from these models are meaningless; their shapes, layouts and code paths are
+the real ones, which is what tests and smoke runs need.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+_WORDS = (
+    "the a an of and to in is it for on with as by at from or not be are this that "
+    "python function class list dict set tuple string bytes int float return value "
+    "error exception module import package loop while if else try except finally "
+    "with yield lambda def async await code data model search query passage text "
+    "object method attribute name scope variable global local call argument keyword "
+    "operator number true false none file open read write path sort key index slice"
+).split()
+_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789"
+_PUNCT = ".,:;!?()[]{}'\"-_=+*/<>@#%&"
+
+
+def write_vocab(directory: str | Path, extra_special: tuple[str, ...] = ()) -> Path:
+    """Write a small WordPiece vocabulary that covers plain English and code text."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *extra_special]
+    tokens += _WORDS + list(_CHARS) + list(_PUNCT) + [f"##{c}" for c in _CHARS]
+    path = directory / "vocab.txt"
+    path.write_text("\n".join(tokens) + "\n", encoding="utf-8")
+    return path
+
+
+def _tokenizer(directory: Path, max_length: int):
+    from transformers import BertTokenizerFast
+
+    vocab = write_vocab(directory)
+    return BertTokenizerFast(vocab=str(vocab), model_max_length=max_length)
+
+
+def _bert_config(vocab_size: int, hidden: int, layers: int, max_length: int, **extra):
+    from transformers import BertConfig
+
+    return BertConfig(
+        vocab_size=vocab_size,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=max(1, hidden // 16),
+        intermediate_size=hidden * 2,
+        max_position_embeddings=max_length + 2,
+        **extra,
+    )
+
+
+def build_plain_embedder(
+    directory: str | Path, hidden: int = 32, layers: int = 2, max_length: int = 128, seed: int = 0
+) -> Path:
+    """A plain ``AutoModel.save_pretrained`` export: weights and tokenizer, no ``modules.json``."""
+    import torch
+    from transformers import BertModel
+
+    directory = Path(directory)
+    torch.manual_seed(seed)
+    tokenizer = _tokenizer(directory, max_length)
+    model = BertModel(_bert_config(len(tokenizer), hidden, layers, max_length)).eval()
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+def build_st_embedder(
+    directory: str | Path,
+    hidden: int = 32,
+    layers: int = 2,
+    max_length: int = 128,
+    pooling: str = "cls",
+    normalize: bool = True,
+    seed: int = 0,
+) -> Path:
+    """A sentence-transformers layout as the BAAI repos ship it: Transformer, Pooling, Normalize."""
+    directory = build_plain_embedder(directory, hidden, layers, max_length, seed)
+    modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"}]
+    modules.append({"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"})
+    pooling_dir = directory / "1_Pooling"
+    pooling_dir.mkdir(exist_ok=True)
+    pooling_config = {
+        "word_embedding_dimension": hidden,
+        "pooling_mode_cls_token": pooling == "cls",
+        "pooling_mode_mean_tokens": pooling == "mean",
+        "pooling_mode_max_tokens": False,
+        "pooling_mode_mean_sqrt_len_tokens": False,
+    }
+    (pooling_dir / "config.json").write_text(json.dumps(pooling_config), encoding="utf-8")
+    if normalize:
+        modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"})
+        (directory / "2_Normalize").mkdir(exist_ok=True)
+    (directory / "modules.json").write_text(json.dumps(modules), encoding="utf-8")
+    bert_config = {"max_seq_length": max_length, "do_lower_case": False}
+    (directory / "sentence_bert_config.json").write_text(json.dumps(bert_config), encoding="utf-8")
+    return directory
+
+
+def build_cross_encoder(
+    directory: str | Path, hidden: int = 32, layers: int = 2, max_length: int = 128, seed: int = 0
+) -> Path:
+    """A single-label sequence classifier, shaped like bge-reranker-base (``num_labels=1``)."""
+    import torch
+    from transformers import BertForSequenceClassification
+
+    directory = Path(directory)
+    torch.manual_seed(seed)
+    tokenizer = _tokenizer(directory, max_length)
+    config = _bert_config(len(tokenizer), hidden, layers, max_length, num_labels=1)
+    model = BertForSequenceClassification(config).eval()
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
