@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from ._cache import CACHE as _CACHE
 from .embeddings import BAAIEmbeddings
+from .lifecycle import loaded, preload, release, rollback, swap
 from .reranker import BAAIRerankFunction, BAAIReranker
 
 __version__ = "0.1.0"
@@ -19,4 +20,9 @@ def cache_info() -> list[dict]:
     return _CACHE.info()
 
 
-__all__ = ["BAAIEmbeddings", "BAAIRerankFunction", "BAAIReranker", "cache_info", "__version__"]
+def load_count() -> int:
+    """Model loads in this process so far (released engines included; reset in a forked child)."""
+    return _CACHE.total_loads()
+
+
+__all__ = ["BAAIEmbeddings", "BAAIRerankFunction", "BAAIReranker", "cache_info", "load_count", "loaded", "preload", "release", "rollback", "swap", "__version__"]

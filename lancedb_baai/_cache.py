@@ -13,7 +13,6 @@ import logging
 import os
 import sys
 import threading
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -43,6 +42,7 @@ class _Slot:
     served: str = ""
     version: int = 0
     calls: int = 0
+    loads: int = 0
     history: list[tuple[Any, str]] = field(default_factory=list)
 
 
@@ -55,7 +55,7 @@ class EngineCache:
     def __init__(self) -> None:
         self._slots: dict[EngineKey, _Slot] = {}
         self._lock = threading.Lock()
-        self._loads: Counter[EngineKey] = Counter()
+        self._total_loads = 0
         self._inherited: list[Any] = []
 
     def get(self, key: EngineKey, loader: Loader) -> Any:
@@ -116,7 +116,7 @@ class EngineCache:
 
     def total_loads(self) -> int:
         """Model loads in this process since it started (or forked), released ones included."""
-        return sum(self._loads.values())
+        return self._total_loads
 
     def _slot(self, key: EngineKey) -> _Slot:
         with self._lock:
@@ -127,7 +127,9 @@ class EngineCache:
 
     def _load(self, slot: _Slot, key: EngineKey, loader: Loader) -> Any:
         engine = loader(key)
-        self._loads[slot.key] += 1
+        with self._lock:
+            slot.loads += 1
+            self._total_loads += 1
         return engine
 
     def _record(self, slot: _Slot) -> dict[str, Any]:
@@ -135,7 +137,7 @@ class EngineCache:
         return {
             "model": key.model, "served": slot.served or key.model, "kind": key.kind,
             "device": key.device, "dtype": key.dtype, "max_length": key.max_length,
-            "revision": key.revision, "loads": self._loads[key], "calls": slot.calls,
+            "revision": key.revision, "loads": slot.loads, "calls": slot.calls,
             "version": slot.version, "loaded": slot.engine is not None, "pid": os.getpid(),
         }
 
@@ -147,13 +149,13 @@ class EngineCache:
         and the child loads its own on first use.
         """
         self._lock = threading.Lock()
-        self._loads = Counter()
+        self._total_loads = 0
         for key in list(self._slots):
             slot = self._slots[key]
             if key.device.startswith("cuda"):
                 self._inherited.append(self._slots.pop(key))
                 continue
-            slot.lock, slot.calls, slot.history = threading.Lock(), 0, []
+            slot.lock, slot.calls, slot.loads, slot.history = threading.Lock(), 0, 0, []
             if slot.engine is not None:
                 slot.engine.reset_after_fork()
 

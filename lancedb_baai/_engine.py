@@ -135,15 +135,27 @@ def load_engine(key: EngineKey, trust_remote_code: bool = False) -> _TorchEngine
     """Build the engine ``key`` names: resolve files, load weights, move to device and dtype."""
     start = time.perf_counter()
     path = _hub.resolve(key.model, key.revision)
-    loader = {"embed": _load_embedder, "rerank": _load_reranker}[key.kind]
-    engine = loader(key, path, trust_remote_code)
+    engine = _loader(key.kind)(key, path, trust_remote_code)
     engine.model.to(device=key.device, dtype=torch_dtype(key.dtype)).eval()
     logger.info("loaded %s model %s on %s as %s in %.2fs", key.kind, key.model, key.device,
                 key.dtype, time.perf_counter() - start)
     return engine
 
 
+def _loader(kind: str) -> Callable[[EngineKey, Path, bool], _TorchEngine]:
+    if kind == "m3":
+        from ._m3_engine import load_m3_engine
+
+        return load_m3_engine
+    return {"embed": _load_embedder, "rerank": _load_reranker}[kind]
+
+
 def _load_embedder(key: EngineKey, path: Path, trust_remote_code: bool) -> BAAIEmbeddingEngine:
+    if _architectures(path, "ForSequenceClassification"):
+        raise ValueError(
+            f"{str(path)!r} is a cross-encoder reranker, not an embedding model. Use it with "
+            "'local-baai-rerank' / BAAIReranker, and give 'local-baai' a bge embedder."
+        )
     if (path / "modules.json").is_file():
         return _load_st_embedder(key, path, trust_remote_code)
     return _load_plain_embedder(key, path, trust_remote_code)
@@ -188,7 +200,7 @@ def _check_cross_encoder(path: Path) -> None:
     """Refuse an embedder or a multi-label classifier before loading it as a reranker."""
     config = json.loads((path / "config.json").read_text(encoding="utf-8"))
     architectures = config.get("architectures") or []
-    if not any(a.endswith("ForSequenceClassification") for a in architectures):
+    if not _architectures(path, "ForSequenceClassification"):
         raise ValueError(
             f"{str(path)!r} is an embedding model ({', '.join(architectures) or 'no classifier head'}), "
             "not a cross-encoder reranker. Use it with 'local-baai' for embeddings, and give "
@@ -200,6 +212,12 @@ def _check_cross_encoder(path: Path) -> None:
             f"{str(path)!r} is a classifier with {labels} labels; a bge reranker has a single "
             "relevance logit (num_labels=1). Pass a bge-reranker model directory."
         )
+
+
+def _architectures(path: Path, suffix: str) -> list[str]:
+    """The model classes in ``path``'s config.json whose names end with ``suffix``."""
+    config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    return [a for a in config.get("architectures") or [] if a.endswith(suffix)]
 
 
 def _native_max_length(config: Any, tokenizer: Any) -> int:

@@ -118,3 +118,22 @@ def build_cross_encoder(
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
+
+
+def python_reference_paragraphs(limit: int | None = None, min_chars: int = 40) -> list[dict[str, str]]:
+    """Paragraphs of Python's own reference topics (``pydoc_data``), a corpus every Python ships.
+
+    Returns records ``{"topic": ..., "text": ...}`` in a stable order, skipping fragments
+    shorter than ``min_chars``.
+    """
+    from pydoc_data.topics import topics
+
+    rows = []
+    for topic in sorted(topics):
+        for paragraph in topics[topic].split("\n\n"):
+            text = " ".join(paragraph.split())
+            if len(text) >= min_chars:
+                rows.append({"topic": topic, "text": text})
+                if limit is not None and len(rows) >= limit:
+                    return rows
+    return rows
