@@ -56,6 +56,7 @@ class EngineCache:
         self._slots: dict[EngineKey, _Slot] = {}
         self._lock = threading.Lock()
         self._total_loads = 0
+        _settle_threads_after_fork()
         self._inherited: list[Any] = []
 
     def get(self, key: EngineKey, loader: Loader) -> Any:
@@ -150,6 +151,7 @@ class EngineCache:
         """
         self._lock = threading.Lock()
         self._total_loads = 0
+        _settle_threads_after_fork()
         for key in list(self._slots):
             slot = self._slots[key]
             if key.device.startswith("cuda"):
@@ -158,6 +160,20 @@ class EngineCache:
             slot.lock, slot.calls, slot.loads, slot.history = threading.Lock(), 0, 0, []
             if slot.engine is not None:
                 slot.engine.reset_after_fork()
+
+
+def _settle_threads_after_fork() -> None:
+    """Keep a forked child from hanging on thread pools it inherited half-initialised.
+
+    The OpenMP pool torch used in the parent does not exist in the child, and a child
+    that enters it waits forever. One intra-op thread per worker avoids the pool (and is
+    the right size when a server forks one worker per core). Tokenizer parallelism is
+    likewise switched off in the child.
+    """
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(1)
 
 
 def _free_memory() -> None:

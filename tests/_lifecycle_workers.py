@@ -1,0 +1,55 @@
+"""Targets for the lifecycle tests' worker processes (importable by spawn children)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+
+def embed_and_count(name: str) -> tuple[int, int, list[float]]:
+    """Embed one text in this process; report (pid, loads here, first vector)."""
+    import lancedb_baai
+
+    vector = lancedb_baai.BAAIEmbeddings(name=name, dtype="float32").generate_embeddings(["python"])[0]
+    return os.getpid(), lancedb_baai.load_count(), [float(x) for x in vector]
+
+
+def load_in_process(name: str, start_at: float, queue) -> None:
+    """Wait for a common start time, then load and embed; put (loads, error or None) on ``queue``."""
+    time.sleep(max(0.0, start_at - time.time()))
+    try:
+        _, loads, _ = embed_and_count(name)
+        queue.put((loads, None))
+    except Exception as exc:  # reported to the test, which asserts there were none
+        queue.put((-1, repr(exc)))
+
+
+def fake_hub_download(source: str, log: str, delay: float):
+    """A slow stand-in for the hub download: writes a hub-cache snapshot of ``source``."""
+
+    def download(name: str, revision: str | None) -> Path:
+        from lancedb_baai import _hub
+
+        with open(log, "a", encoding="utf-8") as f:
+            f.write(f"{os.getpid()}\n")
+        time.sleep(delay)
+        repo = _hub.hub_cache_dir() / ("models--" + name.replace("/", "--"))
+        commit = "0" * 40
+        snapshot = repo / "snapshots" / commit
+        shutil.copytree(source, snapshot, dirs_exist_ok=True)
+        (repo / "refs").mkdir(parents=True, exist_ok=True)
+        (repo / "refs" / (revision or "main")).write_text(commit)
+        return snapshot
+
+    return download
+
+
+def resolve_with_fake_download(name: str, source: str, log: str, delay: float, start_at: float) -> str:
+    """Resolve a hub id in this process with the fake downloader; return the directory found."""
+    from lancedb_baai import _hub
+
+    _hub._download = fake_hub_download(source, log, delay)
+    time.sleep(max(0.0, start_at - time.time()))
+    return str(_hub.resolve(name))
