@@ -7,6 +7,8 @@ import sys
 from contextlib import nullcontext
 
 AUTO_MIN_TEXTS = 1000
+TINY_CALL = 32
+"""Below this many texts no bar is shown even when asked: a query is not worth a bar."""
 
 
 def _interactive() -> bool:
@@ -18,9 +20,10 @@ def _interactive() -> bool:
 
 
 def wanted(show_progress: bool | None, total: int) -> bool:
-    """``True``/``False`` are obeyed; ``None`` means on for large inputs when someone is watching."""
+    """``False`` is obeyed, ``True`` shows a bar for any call above a tiny one, and ``None``
+    shows one for large inputs when someone is watching (never in CI)."""
     if show_progress is not None:
-        return show_progress and total > 0
+        return show_progress and total >= TINY_CALL
     return total >= AUTO_MIN_TEXTS and _interactive()
 
 
