@@ -1,23 +1,28 @@
 """Local BAAI bge embedders and rerankers as first-class LanceDB citizens.
 
-``import lancedb_baai`` registers ``local-baai`` (embeddings) and ``local-baai-rerank``
-(cross-encoder) in LanceDB's embedding registry. The import is light: torch loads when a
+``import lancedb_baai`` registers ``local-baai`` (embeddings), ``local-baai-rerank``
+(cross-encoder) and ``local-baai-m3-colbert`` (bge-m3 multi-vectors) in LanceDB's registry. The import is light: torch loads when a
 model is first used. Models live in a per-process cache and load once per process.
 """
 
 from __future__ import annotations
 
 from ._cache import CACHE as _CACHE
+from ._report import CacheInfo
 from .embeddings import BAAIEmbeddings
 from .lifecycle import loaded, preload, release, rollback, swap
+from .m3 import BGEM3ColbertEmbeddings, BGEM3Embeddings, BGEM3Reranker, fill_multivectors, sparse_column
 from .reranker import BAAIRerankFunction, BAAIReranker
 
 __version__ = "0.1.0"
 
 
-def cache_info() -> list[dict]:
-    """One record per cached engine in this process: model, device, dtype, kind, loads, calls, pid."""
-    return _CACHE.info()
+def cache_info() -> CacheInfo:
+    """One record per cached engine in this process: model, device, dtype, kind, loads, calls, pid.
+
+    A ``list`` of dicts that prints as a table in a terminal and renders as one in a notebook.
+    """
+    return CacheInfo(_CACHE.info())
 
 
 def load_count() -> int:
@@ -25,4 +30,8 @@ def load_count() -> int:
     return _CACHE.total_loads()
 
 
-__all__ = ["BAAIEmbeddings", "BAAIRerankFunction", "BAAIReranker", "cache_info", "load_count", "loaded", "preload", "release", "rollback", "swap", "__version__"]
+__all__ = [
+    "BAAIEmbeddings", "BAAIRerankFunction", "BAAIReranker",
+    "BGEM3Embeddings", "BGEM3ColbertEmbeddings", "BGEM3Reranker", "fill_multivectors", "sparse_column",
+    "cache_info", "load_count", "preload", "release", "loaded", "swap", "rollback", "__version__",
+]

@@ -50,8 +50,12 @@ class EngineConfig(BaseModel):
     def engine_key(self) -> EngineKey:
         """The cache key of this configuration's engine (resolves "auto" device and dtype)."""
         device = resolve_device(self.device)
-        return EngineKey(self.engine_kind, _hub.model_id(self.name), self.revision, device,
+        return EngineKey(self._engine_kind(), _hub.model_id(self.name), self.revision, device,
                          resolve_dtype(self.dtype, device), self.max_length)
+
+    def _engine_kind(self) -> str:
+        """The kind of engine that serves this configuration; a subclass may decide by the model."""
+        return self.engine_kind
 
     def engine(self) -> Any:
         """This configuration's engine from the per-process cache, loaded on first use."""

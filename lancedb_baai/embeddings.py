@@ -13,16 +13,15 @@ from . import _catalog, _hub, _progress
 from ._config import EngineConfig
 
 
-def check_texts(texts: Sequence[Any], what: str = "text") -> list[str]:
-    """The texts as a list of str, or an error naming the first row that is not a string."""
+def check_texts(texts: Sequence[Any], what: str = "text",
+                advice: str = "bge models embed strings only: fill or drop such rows (nothing was written).",
+                allow_null: bool = False) -> list[str]:
+    """The texts as a list, or an error naming the first row that is not a string (nor null, if allowed)."""
     texts = list(texts)
     for row, value in enumerate(texts):
-        if not isinstance(value, str):
+        if not isinstance(value, str) and not (allow_null and value is None):
             problem = "is null" if value is None else f"is a {type(value).__name__}, not a string"
-            raise ValueError(
-                f"{what} at row {row} {problem}. bge models embed strings only: fill or drop "
-                "such rows (nothing was written)."
-            )
+            raise ValueError(f"{what} at row {row} {problem}. {advice}")
     return texts
 
 
@@ -78,6 +77,12 @@ class BAAIEmbeddings(NoRetry, EngineConfig, TextEmbeddingFunction):
     def ndims(self) -> int:
         """Vector width, from the catalog or the model's config files: no weights are loaded."""
         return _dims(self.name, self.revision)
+
+    def _engine_kind(self) -> str:
+        """bge-m3 runs on the "m3" engine, which every function on that model shares."""
+        from .m3 import is_m3
+
+        return "m3" if is_m3(self.name, self.revision) else self.engine_kind
 
     def instruction(self) -> str:
         """The prefix queries get: the explicit one, else bge's own for this model family."""

@@ -55,8 +55,10 @@ def release(name: str | None = None, kind: EngineKind | None = None) -> list[dic
     """
     model = None if name is None else _hub.model_id(name)
 
+    kinds = None if kind is None else {kind, "m3"} if kind == "embed" else {kind}  # bge-m3 embeds too
+
     def match(key: EngineKey) -> bool:
-        return (model is None or key.model == model) and (kind is None or key.kind == kind)
+        return (model is None or key.model == model) and (kinds is None or key.kind in kinds)
 
     return CACHE.release(match)
 

@@ -54,7 +54,7 @@ class BAAIRerankFunction(NoRetry, EngineConfig, EmbeddingFunction):
     def score(self, query: str, passages: Sequence[str]) -> list[float]:
         """Relevance of each passage to ``query``, in the order given."""
         check_query(query)
-        passages = check_texts(passages, "passage")
+        passages = check_texts(passages, "passage", advice="A cross-encoder scores strings only: fill or drop such passages.")
         progress = _progress.wanted(self.show_progress, len(passages))
         scores = self.engine().score(query, passages, normalize=self.normalize,
                                      batch_size=self.batch_size, progress=progress)
@@ -106,7 +106,7 @@ class BAAIReranker(Reranker):
 
     def __repr__(self) -> str:
         options = ", ".join(f"{k}={v!r}" for k, v in self.function.model_dump(exclude_defaults=True).items())
-        return f"BAAIReranker({options}, column={self.column!r}, return_score={self.score!r})"
+        return f"{type(self).__name__}({options}, column={self.column!r}, return_score={self.score!r})"
 
     __str__ = __repr__
 
@@ -132,7 +132,9 @@ class BAAIReranker(Reranker):
                 f"column {self.column!r} not found in results; columns are {results.column_names}. "
                 "Pass column= the name of the text column."
             )
-        passages = results[self.column].to_pylist()
+        passages = check_texts(results[self.column].to_pylist(), "passage", allow_null=True, advice=(
+            f"Rerank a text column: pass column= the name of the column that holds the passages "
+            f"(now {self.column!r})."))
         present = [i for i, p in enumerate(passages) if p is not None]
         scores = np.full(len(passages), np.nan, dtype=np.float32)
         scores[present] = self.function.score(query, [passages[i] for i in present])

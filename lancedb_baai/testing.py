@@ -29,6 +29,7 @@ def write_vocab(directory: str | Path, extra_special: tuple[str, ...] = ()) -> P
     directory.mkdir(parents=True, exist_ok=True)
     tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *extra_special]
     tokens += _WORDS + list(_CHARS) + list(_PUNCT) + [f"##{c}" for c in _CHARS]
+    tokens = list(dict.fromkeys(tokens))  # one id per token, or ids overflow the embedding
     path = directory / "vocab.txt"
     path.write_text("\n".join(tokens) + "\n", encoding="utf-8")
     return path
@@ -137,3 +138,41 @@ def python_reference_paragraphs(limit: int | None = None, min_chars: int = 40) -
                 if limit is not None and len(rows) >= limit:
                     return rows
     return rows
+
+
+def build_m3_model(
+    directory: str | Path,
+    hidden: int = 32,
+    layers: int = 2,
+    max_length: int = 128,
+    std: float = 0.2,
+    sparse_bias: float = 0.1,
+    seed: int = 0,
+) -> Path:
+    """A bge-m3 shaped model: an encoder plus ``colbert_linear.pt`` and ``sparse_linear.pt``.
+
+    The files are laid out as in the BAAI/bge-m3 snapshot, so FlagEmbedding's
+    ``BGEM3FlagModel`` loads the directory too. The encoder is a tiny BERT whose tokenizer
+    names its bos/eos tokens as XLM-R's do (``[CLS]``/``[SEP]`` here). Weights are drawn
+    with standard deviation ``std`` (wider than the usual 0.02, so different texts get
+    clearly different outputs), and the sparse head's bias makes most token weights positive.
+    """
+    import torch
+    from transformers import BertModel, BertTokenizerFast
+
+    directory = Path(directory)
+    torch.manual_seed(seed)
+    vocab = write_vocab(directory)
+    tokenizer = BertTokenizerFast(vocab=str(vocab), model_max_length=max_length,
+                                  bos_token="[CLS]", eos_token="[SEP]")
+    # Ids, not len(tokenizer): the shared vocabulary repeats a few words, so the last id is past the length.
+    vocab_size = max(tokenizer.get_vocab().values()) + 1
+    config = _bert_config(vocab_size, hidden, layers, max_length, initializer_range=std)
+    BertModel(config).eval().save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    colbert, sparse = torch.nn.Linear(hidden, hidden), torch.nn.Linear(hidden, 1)
+    with torch.no_grad():
+        sparse.bias.fill_(sparse_bias)
+    torch.save(colbert.state_dict(), directory / "colbert_linear.pt")
+    torch.save(sparse.state_dict(), directory / "sparse_linear.pt")
+    return directory

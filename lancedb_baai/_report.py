@@ -1,0 +1,88 @@
+"""Readable tables for people: plain text in a terminal, HTML in a notebook.
+
+:class:`CacheInfo` is what :func:`lancedb_baai.cache_info` returns. It is a ``list`` of
+the record dicts, so code indexes, compares, pickles and JSON-encodes it as before; only
+printing it changes. :func:`text_table` also lays out the command line's tables.
+"""
+
+from __future__ import annotations
+
+import html
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+# The columns a person reads first; the full record stays in each dict.
+CACHE_COLUMNS: tuple[str, ...] = ("model", "kind", "device", "dtype", "max_length", "loads", "calls", "version",
+                                  "loaded")
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return str(value)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def text_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
+    """Rows as an aligned plain-text table: a header, a rule, one line per row; numbers right-aligned."""
+    cells = [[_cell(row.get(c)) for c in columns] for row in rows]
+    widths = [max([len(c), *(len(line[i]) for line in cells)]) for i, c in enumerate(columns)]
+    numeric = [bool(rows) and all(_is_number(r.get(c)) or r.get(c) is None for r in rows) for c in columns]
+
+    def line(values: Iterable[str]) -> str:
+        parts = (v.rjust(w) if num else v.ljust(w) for v, w, num in zip(values, widths, numeric))
+        return "  ".join(parts).rstrip()
+
+    rule = "  ".join("-" * w for w in widths)
+    return "\n".join([line(columns), rule, *(line(values) for values in cells)])
+
+
+def html_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], caption: str = "") -> str:
+    """Rows as an HTML table; every value is escaped."""
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(_cell(row.get(c)))}</td>" for c in columns) + "</tr>"
+        for row in rows
+    )
+    caption_html = f"<caption>{html.escape(caption)}</caption>" if caption else ""
+    return f"<table>{caption_html}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+class CacheInfo(list):
+    """The engine cache records of one process, printable as a table.
+
+    A plain ``list`` of dicts (one per engine: model, served, kind, device, dtype,
+    max_length, revision, loads, calls, version, loaded, pid) that prints as an aligned
+    table in a terminal and renders as an HTML table in a notebook.
+    """
+
+    def _columns(self) -> list[str]:
+        columns = list(CACHE_COLUMNS)
+        if any(r.get("served", r.get("model")) != r.get("model") for r in self):
+            columns.insert(1, "served")  # only after a swap does it say something new
+        return columns
+
+    def _title(self) -> str:
+        pid = self[0].get("pid", os.getpid()) if self else os.getpid()
+        count = len(self)
+        if not count:
+            return f"engine cache of process {pid}: no engines loaded"
+        return f"engine cache of process {pid}: {count} engine{'s' if count != 1 else ''}"
+
+    def __str__(self) -> str:
+        if not self:
+            return self._title()
+        return f"{self._title()}\n{text_table(self, self._columns())}"
+
+    __repr__ = __str__
+
+    def _repr_html_(self) -> str:
+        if not self:
+            return f"<p>{html.escape(self._title())}</p>"
+        return html_table(self, self._columns(), caption=self._title())
