@@ -56,7 +56,6 @@ class EngineCache:
         self._slots: dict[EngineKey, _Slot] = {}
         self._lock = threading.Lock()
         self._total_loads = 0
-        _settle_threads_after_fork()
         self._inherited: list[Any] = []
 
     def get(self, key: EngineKey, loader: Loader) -> Any:

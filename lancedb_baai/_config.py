@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, Field, field_validator
@@ -39,6 +40,11 @@ class EngineConfig(BaseModel):
     @classmethod
     def _valid_dtype(cls, value: str) -> str:
         return check_dtype(value)
+
+    @field_validator("name", mode="before")
+    @classmethod
+    def _path_as_str(cls, value: Any) -> Any:
+        return os.fspath(value) if isinstance(value, os.PathLike) else value
 
     @field_validator("name")
     @classmethod

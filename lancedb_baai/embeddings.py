@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -37,7 +38,9 @@ class NoRetry:
     def safe_model_dump(self) -> dict[str, Any]:
         """The arguments stored in table metadata: as given to ``create()``, else the non-defaults."""
         original = getattr(self, "_original_args", None)
-        return dict(original) if original is not None else self.model_dump(exclude_defaults=True)
+        if original is None:
+            return self.model_dump(exclude_defaults=True)
+        return {k: os.fspath(v) if isinstance(v, os.PathLike) else v for k, v in original.items()}
 
 
 @register("local-baai")

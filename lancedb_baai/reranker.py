@@ -54,7 +54,8 @@ class BAAIRerankFunction(NoRetry, EngineConfig, EmbeddingFunction):
     def score(self, query: str, passages: Sequence[str]) -> list[float]:
         """Relevance of each passage to ``query``, in the order given."""
         check_query(query)
-        passages = check_texts(passages, "passage", advice="A cross-encoder scores strings only: fill or drop such passages.")
+        passages = check_texts(passages, "passage",
+                               advice="A cross-encoder scores strings only: fill or drop such passages.")
         progress = _progress.wanted(self.show_progress, len(passages))
         scores = self.engine().score(query, passages, normalize=self.normalize,
                                      batch_size=self.batch_size, progress=progress)
