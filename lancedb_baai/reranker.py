@@ -106,8 +106,9 @@ class BAAIReranker(Reranker):
         self.column = column
 
     def __repr__(self) -> str:
-        options = ", ".join(f"{k}={v!r}" for k, v in self.function.model_dump(exclude_defaults=True).items())
-        return f"{type(self).__name__}({options}, column={self.column!r}, return_score={self.score!r})"
+        options = {"name": self.function.name, **self.function.model_dump(exclude_defaults=True),
+                   "column": self.column, "return_score": self.score}
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in options.items())})"
 
     __str__ = __repr__
 

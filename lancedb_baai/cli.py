@@ -1,0 +1,475 @@
+"""`lancedb-baai`: inspect the host, download models, embed and rerank from the shell, run benchmarks.
+
+Also runs as ``python -m lancedb_baai``. Results go to stdout (JSON lines for ``embed``
+and ``rerank``, so they compose with ``jq`` and friends); messages and errors go to stderr.
+An error exits non-zero with a one-line message; ``--verbose`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from importlib import metadata
+from itertools import chain, islice
+from pathlib import Path
+from typing import Any, NoReturn, Optional
+
+import typer
+
+import lancedb_baai
+
+from . import _catalog, _device, _hub, _progress
+from ._report import text_table
+
+CHUNK = 256
+"""Texts per model call in ``embed``/``rerank``: output streams out chunk by chunk."""
+
+BENCHMARKS = ("embed", "rerank", "loads", "gpu", "ray_ingest")
+
+app = typer.Typer(
+    name="lancedb-baai",
+    help="Local BAAI bge embedders and rerankers for LanceDB, from the shell.\n\n"
+         "Start with `lancedb-baai info`; every command has --help with an example.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="markdown",
+)
+
+_verbose = False
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        typer.echo(f"lancedb_baai {lancedb_baai.__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log model loads; show tracebacks on errors."),
+    version: bool = typer.Option(False, "--version", callback=_version_callback, is_eager=True,
+                                 help="Print the package version and exit."),
+) -> None:
+    global _verbose
+    _verbose = verbose
+    _log_to_stderr(verbose)
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is when a record arrives (test runners swap it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+
+    @property  # type: ignore[override]
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
+def _log_to_stderr(on: bool) -> None:
+    """The package's INFO lines (one per model load) on stderr with --verbose, and only then."""
+    logger = logging.getLogger("lancedb_baai")
+    ours = [h for h in logger.handlers if isinstance(h, _StderrHandler)]
+    if on and not ours:
+        logger.addHandler(_StderrHandler())
+        logger.setLevel(logging.INFO)
+    elif not on and ours:  # an earlier --verbose command in this process (a test run, say)
+        for handler in ours:
+            logger.removeHandler(handler)
+        logger.setLevel(logging.NOTSET)
+
+
+def _fail(message: str, code: int = 1) -> NoReturn:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+@contextmanager
+def _errors(hint: Callable[[Exception], str] = lambda exc: "") -> Iterator[None]:
+    """Turn an exception into one line on stderr and exit status 1 (``--verbose``: the traceback)."""
+    try:
+        yield
+    except (typer.Exit, typer.Abort, KeyboardInterrupt):
+        raise
+    except BrokenPipeError:  # the reader went away (`| head`): stop quietly
+        _silence_stdout()
+        raise typer.Exit(0) from None
+    except Exception as exc:
+        if _verbose:
+            raise
+        extra = hint(exc)
+        _fail(_message(exc) + (f"\n{extra}" if extra else ""))
+
+
+def _message(exc: Exception) -> str:
+    errors = getattr(exc, "errors", None)
+    if callable(errors) and type(exc).__name__ == "ValidationError":  # pydantic: the message, not the dump
+        return "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errors())
+    return str(exc) or type(exc).__name__
+
+
+def _silence_stdout() -> None:
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
+def _quiet_loading() -> None:
+    """No "Loading weights" bar from transformers on a pipeline's stderr, unless --verbose."""
+    if not _verbose:
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()
+
+
+def _check(check: Callable[[str], str]) -> Callable[[str], str]:
+    """A typer callback that validates with the package's own check and its message."""
+
+    def callback(value: str) -> str:
+        try:
+            return check(value)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc)) from None
+
+    return callback
+
+
+_DEVICE = typer.Option("auto", "--device", "-d", callback=_check(_device.check_device),
+                       help="auto, cpu, cuda, cuda:N or mps.")
+_DTYPE = typer.Option("auto", "--dtype", callback=_check(_device.check_dtype),
+                      help="auto, float32, float16 or bfloat16.")
+_BATCH = typer.Option(32, "--batch-size", min=1, help="Most texts per forward pass.")
+_PROGRESS = typer.Option(None, "--progress/--no-progress",
+                         help="Progress bar on stderr; default: for 1000+ texts in a terminal, never when CI is set.")
+_INPUT = typer.Argument(None, show_default=False, metavar="FILE",
+                        help="Text file, one text per line (blank lines are skipped); '-' or nothing reads stdin.")
+
+
+# ---------------------------------------------------------------------------------------- info
+
+def _versions() -> dict[str, str | None]:
+    def version(package: str) -> str | None:
+        try:
+            return metadata.version(package)
+        except metadata.PackageNotFoundError:
+            return None
+
+    packages = ("torch", "transformers", "sentence-transformers", "lancedb")
+    return {"lancedb_baai": lancedb_baai.__version__, **{p: version(p) for p in packages}}
+
+
+def _device_reason(device: str) -> str:
+    import torch
+
+    if device.startswith("cuda"):
+        return f"CUDA is available: {torch.cuda.device_count()} x {torch.cuda.get_device_name(0)}"
+    if device == "mps":
+        return "Apple MPS is available"
+    build = "this torch build has no CUDA support" if torch.version.cuda is None else "torch has CUDA but sees no GPU"
+    return f"no CUDA or MPS device ({build})"
+
+
+def _dtype_reason(device: str) -> str:
+    if device.startswith("cuda"):
+        return "float16 on CUDA"
+    if device == "cpu":
+        return _device.cpu_bf16_report().reason()
+    return f"float32 on {device}"
+
+
+def _offline() -> bool:
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)
+
+
+def host_report() -> dict[str, Any]:
+    """What ``info`` shows: versions, the "auto" device and dtype with reasons, the catalog."""
+    device = _device.resolve_device("auto")
+    models = []
+    for spec in _catalog.CATALOG.values():
+        path = _hub.cached_dir(spec.name, None)
+        models.append({"name": spec.name, "kind": spec.kind, "dims": spec.dims, "max_length": spec.max_length,
+                       "cached": path is not None, "path": str(path) if path else None})
+    return {
+        "versions": _versions(),
+        "python": sys.version.split()[0],
+        "device": device, "device_reason": _device_reason(device),
+        "dtype": _device.resolve_dtype("auto", device), "dtype_reason": _dtype_reason(device),
+        "hub_cache": str(_hub.hub_cache_dir()), "offline": _offline(),
+        "models": models,
+    }
+
+
+def _format_report(report: dict[str, Any]) -> str:
+    versions = report["versions"]
+    others = ", ".join(f"{name} {v or 'not installed'}" for name, v in versions.items() if name != "lancedb_baai")
+    hub = report["hub_cache"] + ("  (HF_HUB_OFFLINE is set: no downloads)" if report["offline"] else "")
+    return "\n".join([
+        f"lancedb_baai {versions['lancedb_baai']}  (python {report['python']}, {others})",
+        "",
+        f"device \"auto\" -> {report['device']}: {report['device_reason']}",
+        f"dtype  \"auto\" -> {report['dtype']}: {report['dtype_reason']}",
+        f"hub cache: {hub}",
+        "",
+        "known models (`lancedb-baai download NAME` puts one in the hub cache):",
+        text_table(report["models"], ("name", "kind", "dims", "max_length", "cached")),
+    ])
+
+
+@app.command()
+def info(as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of text.")) -> None:
+    """Versions, the device and dtype "auto" picks on this host and why, and the known bge models.
+
+    Example: `lancedb-baai info --json | jq .dtype`
+    """
+    with _errors():
+        report = host_report()
+        typer.echo(json.dumps(report, indent=2) if as_json else _format_report(report))
+
+
+# ------------------------------------------------------------------------------------ download
+
+def _offline_hint(exc: Exception) -> str:
+    if isinstance(exc, _hub.ModelNotAvailableError) and _offline():
+        return "HF_HUB_OFFLINE is set in this environment: unset it to download."
+    return ""
+
+
+@app.command()
+def download(
+    name: str = typer.Argument(..., help="Hub id such as BAAI/bge-small-en-v1.5."),
+    revision: Optional[str] = typer.Option(None, "--revision", help="Branch, tag or commit (default: main)."),
+) -> None:
+    """Fetch a model into the local hub cache, so it loads offline later; prints its directory.
+
+    Concurrent downloads of one model (several shells or workers) share one transfer.
+
+    Example: `lancedb-baai download BAAI/bge-reranker-base`
+    """
+    with _errors(_offline_hint):
+        if _hub.is_local(name):
+            path = _hub.local_dir(name)
+            typer.echo(f"{name} is a local directory: nothing to download", err=True)
+        elif (path := _hub.cached_dir(name, revision)) is not None:
+            typer.echo(f"{name} is already in the hub cache", err=True)
+        else:
+            if _catalog.lookup(name) is None:
+                typer.echo(f"note: {name} is not one of the known bge models (`lancedb-baai info`); "
+                           "downloading it anyway", err=True)
+            if not _offline():
+                typer.echo(f"downloading {name} into {_hub.hub_cache_dir()} ...", err=True)
+            path = _hub.resolve(name, revision)
+        typer.echo(str(path))
+
+
+# ------------------------------------------------------------------------------- embed, rerank
+
+def _read_lines(source: Optional[str]) -> Iterator[str]:
+    """Non-blank lines of a file, or of stdin for None/'-', without their line endings."""
+    if source in (None, "-"):
+        if sys.stdin.isatty():
+            typer.echo("reading texts from the terminal, one per line; end with Ctrl-D", err=True)
+        yield from _texts(sys.stdin)
+        return
+    path = Path(source)
+    if not path.is_file():
+        _fail(f"input file {source!r} does not exist (pass a text file, '-' or nothing for stdin)")
+    with path.open(encoding="utf-8") as stream:
+        yield from _texts(stream)
+
+
+def _texts(lines: Iterable[str]) -> Iterator[str]:
+    for line in lines:
+        line = line.rstrip("\r\n")
+        if line.strip():
+            yield line
+
+
+def _chunks(items: Iterator[str], size: int) -> Iterator[list[str]]:
+    while chunk := list(islice(items, size)):
+        yield chunk
+
+
+def _stream(source: Optional[str], progress: Optional[bool], desc: str,
+            process: Callable[[list[str]], Iterable[dict[str, Any]]]) -> None:
+    """Read texts, run ``process`` a chunk at a time and write its records as JSON lines.
+
+    The first ``AUTO_MIN_TEXTS`` lines are read before deciding on a progress bar, so the
+    automatic bar follows the same rule as the library's (large inputs, someone watching).
+    """
+    lines = _read_lines(source)
+    head = list(islice(lines, _progress.AUTO_MIN_TEXTS))
+    out = sys.stdout
+    with _progress.bar(_progress.wanted(progress, len(head)), None, desc) as bar:
+        for chunk in _chunks(chain(head, lines), CHUNK):
+            for record in process(chunk):
+                out.write(json.dumps(record, ensure_ascii=False) + "\n")
+            out.flush()
+            if bar is not None:
+                bar.update(len(chunk))
+
+
+@app.command()
+def embed(
+    source: Optional[str] = _INPUT,
+    model: str = typer.Option("BAAI/bge-small-en-v1.5", "--model", "-m", help="Hub id or local model directory."),
+    query: bool = typer.Option(False, "--query", help="The texts are search queries: prepend the model's query "
+                                                     "instruction (passages get none)."),
+    device: str = _DEVICE,
+    dtype: str = _DTYPE,
+    batch_size: int = _BATCH,
+    progress: Optional[bool] = _PROGRESS,
+) -> None:
+    """Embed texts, one per line, and write JSON lines `{"text": ..., "vector": [...]}` to stdout.
+
+    Example: `cut -f2 docs.tsv | lancedb-baai embed -m BAAI/bge-small-en-v1.5 > vectors.jsonl`
+    """
+    from .embeddings import BAAIEmbeddings
+
+    with _errors(_offline_hint):
+        _quiet_loading()
+        fn = BAAIEmbeddings(name=model, device=device, dtype=dtype, batch_size=batch_size, show_progress=False)
+        fn.engine()  # a missing model fails here, before any input is read
+        encode = fn.compute_query_embeddings if query else fn.generate_embeddings
+
+        def process(texts: list[str]) -> Iterator[dict[str, Any]]:
+            for text, vector in zip(texts, encode(texts)):
+                yield {"text": text, "vector": vector.tolist()}
+
+        _stream(source, progress, "embedding", process)
+
+
+@app.command()
+def rerank(
+    source: Optional[str] = _INPUT,
+    query: str = typer.Option(..., "--query", "-q", help="The text the passages are scored against."),
+    model: str = typer.Option("BAAI/bge-reranker-base", "--model", "-m", help="Hub id or local reranker directory."),
+    normalize: bool = typer.Option(False, "--normalize", help="Scores as sigmoid(logit) in [0, 1]."),
+    sort: bool = typer.Option(False, "--sort", help="Best first (reads all passages before writing)."),
+    device: str = _DEVICE,
+    dtype: str = _DTYPE,
+    batch_size: int = _BATCH,
+    progress: Optional[bool] = _PROGRESS,
+) -> None:
+    """Score passages, one per line, against a query; write JSON lines `{"text": ..., "score": ...}`.
+
+    Scores are the cross-encoder's raw logits (higher is more relevant), as FlagEmbedding gives them.
+
+    Example: `grep -i lambda notes.txt | lancedb-baai rerank -q "anonymous functions" --sort | head -3`
+    """
+    from .reranker import BAAIRerankFunction
+
+    with _errors(_offline_hint):
+        _quiet_loading()
+        fn = BAAIRerankFunction(name=model, device=device, dtype=dtype, batch_size=batch_size,
+                                normalize=normalize, show_progress=False)
+        if not query.strip():
+            _fail("--query is empty: pass the text the passages should be scored against")
+        fn.engine()  # a missing model fails here, before any input is read
+        kept: list[dict[str, Any]] = []
+
+        def process(texts: list[str]) -> list[dict[str, Any]]:
+            records = [{"text": t, "score": s} for t, s in zip(texts, fn.score(query, texts))]
+            if sort:
+                kept.extend(records)
+                return []
+            return records
+
+        _stream(source, progress, "reranking", process)
+        for record in sorted(kept, key=lambda r: r["score"], reverse=True):
+            sys.stdout.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+
+# --------------------------------------------------------------------------------------- bench
+
+def benchmarks_dir() -> Path:
+    """The source checkout's benchmarks/ folder, next to the package."""
+    return Path(lancedb_baai.__file__).resolve().parents[1] / "benchmarks"
+
+
+def _run_script(script: Path, args: list[str], timeout: float) -> tuple[str, float]:
+    """Run one benchmark, echoing its output as it comes; return (result, seconds).
+
+    A script that cannot run here (gpu.py without CUDA) exits 0 after a line ending in
+    "skipped"; that is reported as such rather than as a pass.
+    """
+    start = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, str(script), *args], cwd=script.parents[1], text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, encoding="utf-8", errors="replace")
+    timed_out = threading.Event()
+
+    def kill() -> None:
+        timed_out.set()
+        proc.kill()
+
+    timer = threading.Timer(timeout, kill)
+    timer.start()
+    skipped = False
+    try:
+        for line in proc.stdout:  # type: ignore[union-attr]
+            typer.echo(line, nl=False)
+            skipped = skipped or line.rstrip().endswith("skipped")
+        code = proc.wait()
+    finally:
+        timer.cancel()
+    seconds = time.perf_counter() - start
+    if timed_out.is_set():
+        return f"FAIL (timed out after {timeout:g}s)", seconds
+    if code != 0:
+        return f"FAIL (exit {code})", seconds
+    return ("skipped" if skipped else "pass"), seconds
+
+
+@app.command()
+def bench(
+    only: Optional[list[str]] = typer.Option(None, "--only", help="Run just this benchmark (repeatable), e.g. embed."),
+    full: bool = typer.Option(False, "--full", help="Full-size runs instead of --quick (slow)."),
+    timeout: float = typer.Option(1800, "--timeout", min=1, help="Seconds allowed per script."),
+) -> None:
+    """Run the benchmark scripts of a source checkout (quick sizes), each in its own process.
+
+    Runs whichever of embed, rerank, loads, gpu, ray_ingest exist in benchmarks/, then prints
+    pass/fail per script; exits non-zero if any failed.
+
+    Example: `lancedb-baai bench --only embed --only rerank`
+    """
+    with _errors():
+        folder = benchmarks_dir()
+        if not folder.is_dir():
+            _fail(f"no benchmarks folder at {folder}: the benchmarks ship with the source, not the wheel. "
+                  "Run `lancedb-baai bench` from a source checkout installed with `pip install -e .`")
+        present = [name for name in BENCHMARKS if (folder / f"{name}.py").is_file()]
+        wanted = [name.removesuffix(".py") for name in only] if only else present
+        missing = [name for name in wanted if not (folder / f"{name}.py").is_file()]
+        if missing or not wanted:
+            _fail(f"no benchmark script {', '.join(missing) or 'at all'} in {folder}; present: {present or 'none'}")
+        rows = []
+        for name in wanted:
+            args = [] if full else ["--quick"]
+            typer.echo(f"== benchmarks/{name}.py {' '.join(args)}".rstrip())
+            result, seconds = _run_script(folder / f"{name}.py", args, timeout)
+            rows.append({"script": f"{name}.py", "result": result, "seconds": round(seconds, 1)})
+        typer.echo("\n" + text_table(rows, ("script", "result", "seconds")))
+        if any(row["result"].startswith("FAIL") for row in rows):
+            raise typer.Exit(1)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

@@ -1,0 +1,351 @@
+"""The `lancedb-baai` command line: info, download, embed, rerank, bench; errors without tracebacks."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+import lancedb_baai
+from lancedb_baai import BAAIEmbeddings, BAAIRerankFunction, _catalog, _device, _hub, cli
+
+COMMANDS = ("info", "download", "embed", "rerank", "bench")
+PASSAGES = ["a lambda is an anonymous function", "lists sort in place with sort", "import a module by name"]
+
+
+@pytest.fixture
+def run():
+    logger = logging.getLogger("lancedb_baai")
+    level, handlers = logger.level, list(logger.handlers)
+
+    def invoke(*args: str, input: str | None = None):
+        return CliRunner().invoke(cli.app, list(args), input=input)
+
+    yield invoke
+    logger.setLevel(level)  # --verbose turns the package's logging on; leave it as it was
+    logger.handlers[:] = handlers
+
+
+def json_lines(text: str) -> list[dict]:
+    return [json.loads(line) for line in text.splitlines()]
+
+
+def _unboxed(text: str) -> str:
+    """Usage errors come in a rich box, wrapped: the words alone, single-spaced."""
+    return " ".join(text.translate({ord(c): " " for c in "│╭╮╰╯─"}).split())
+
+
+@pytest.fixture
+def empty_hub(tmp_path, monkeypatch):
+    """An empty hub cache, offline: nothing is cached and nothing can be fetched."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    return tmp_path / "hub"
+
+
+# --- help --------------------------------------------------------------------------------------
+
+def test_help_lists_every_command(run):
+    result = run("--help")
+    assert result.exit_code == 0
+    for command in COMMANDS:
+        assert command in result.stdout
+    assert "--verbose" in result.stdout
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_help_with_an_example(run, command):
+    result = run(command, "--help")
+    assert result.exit_code == 0
+    assert "Example" in result.stdout and f"lancedb-baai {command}" in result.stdout
+
+
+def test_version(run):
+    result = run("--version")
+    assert result.exit_code == 0 and result.stdout.strip() == f"lancedb_baai {lancedb_baai.__version__}"
+
+
+@pytest.mark.timeout(120)
+def test_python_dash_m_runs_the_cli():
+    proc = subprocess.run([sys.executable, "-m", "lancedb_baai", "--help"], capture_output=True, text=True,
+                          timeout=110, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 0, proc.stderr
+    assert "Usage" in proc.stdout and "embed" in proc.stdout and "rerank" in proc.stdout
+
+
+# --- info --------------------------------------------------------------------------------------
+
+def test_info_json(run):
+    result = run("info", "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert set(report["versions"]) >= {"lancedb_baai", "torch", "transformers", "lancedb"}
+    assert report["versions"]["lancedb_baai"] == lancedb_baai.__version__
+    import torch
+
+    assert report["versions"]["torch"].split("+")[0] == torch.__version__.split("+")[0]
+    device = _device.resolve_device("auto")
+    assert report["device"] == device and report["dtype"] == _device.resolve_dtype("auto", device)
+    assert report["device_reason"] and report["dtype_reason"]
+    assert [m["name"] for m in report["models"]] == list(_catalog.CATALOG)
+    small = next(m for m in report["models"] if m["name"] == "BAAI/bge-small-en-v1.5")
+    assert (small["kind"], small["dims"], small["max_length"]) == ("embed", 384, 512)
+
+
+def test_info_text_names_device_dtype_and_models(run):
+    result = run("info")
+    assert result.exit_code == 0, result.output
+    device = _device.resolve_device("auto")
+    assert f'device "auto" -> {device}:' in result.stdout
+    assert f'dtype  "auto" -> {_device.resolve_dtype("auto", device)}:' in result.stdout
+    for name, spec in _catalog.CATALOG.items():
+        line = next(line for line in result.stdout.splitlines() if line.startswith(name + " "))
+        assert spec.kind in line.split() and str(spec.max_length) in line.split()
+
+
+# --- download ----------------------------------------------------------------------------------
+
+def test_download_fetches_under_the_lock_and_prints_the_directory(run, empty_hub, st_model, monkeypatch):
+    calls = []
+
+    def fake_download(name, revision):
+        calls.append((name, revision))
+        return st_model
+
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # what a user with network has; _download is fake
+    monkeypatch.setattr(_hub, "_download", fake_download)
+    result = run("download", "BAAI/bge-small-en-v1.5")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == str(st_model)
+    assert calls == [("BAAI/bge-small-en-v1.5", None)]
+    assert "downloading BAAI/bge-small-en-v1.5" in result.stderr
+    assert list((empty_hub / ".locks" / "lancedb_baai").glob("*.lock")), "downloads happen under the file lock"
+
+    result = run("download", "someone/other-model", "--revision", "v2")
+    assert result.exit_code == 0, result.output
+    assert calls[-1] == ("someone/other-model", "v2")
+    assert "not one of the known bge models" in result.stderr
+
+
+def test_download_of_a_local_directory_downloads_nothing(run, st_model, monkeypatch):
+    monkeypatch.setattr(_hub, "_download", lambda *a: pytest.fail("nothing should be downloaded"))
+    result = run("download", str(st_model))
+    assert result.exit_code == 0 and result.stdout.strip() == str(st_model)
+    assert "nothing to download" in result.stderr
+
+
+def test_download_of_a_missing_directory_says_so(run, tmp_path):
+    result = run("download", str(tmp_path / "no-such-model"))
+    assert result.exit_code == 1
+    assert result.stderr.startswith("error: model directory") and "nothing to download" not in result.stderr
+
+
+def test_download_offline_fails_with_a_clear_message(run, empty_hub):
+    result = run("download", "BAAI/bge-small-en-v1.5")
+    assert result.exit_code == 1
+    assert result.stdout == ""
+    assert result.stderr.startswith("error: model 'BAAI/bge-small-en-v1.5' is not available locally")
+    assert "HF_HUB_OFFLINE" in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_verbose_logs_model_loads(run, st_model):
+    result = run("--verbose", "embed", "-m", str(st_model), input="x\n")
+    assert result.exit_code == 0, result.output
+    assert f"lancedb_baai._engine: loaded embed model {st_model}" in result.stderr
+    lancedb_baai.release()
+    before = lancedb_baai.load_count()
+    quiet = run("embed", "-m", str(st_model), input="x\n")
+    assert quiet.exit_code == 0 and lancedb_baai.load_count() == before + 1  # loaded again, silently
+    assert "lancedb_baai._engine" not in quiet.stderr
+
+
+def test_verbose_shows_the_traceback(run, empty_hub):
+    result = run("--verbose", "download", "BAAI/bge-small-en-v1.5")
+    assert result.exit_code == 1
+    assert isinstance(result.exception, _hub.ModelNotAvailableError)  # raised, not turned into a message
+    assert "error: model" not in result.stderr
+
+
+# --- embed -------------------------------------------------------------------------------------
+
+def test_embed_stdin_matches_the_library(run, st_model):
+    result = run("embed", "-m", str(st_model), "--dtype", "float32", input="\n".join(PASSAGES[:2]) + "\n\n  \n")
+    assert result.exit_code == 0, result.output
+    records = json_lines(result.stdout)
+    assert [r["text"] for r in records] == PASSAGES[:2]  # blank lines skipped, order kept
+    expected = BAAIEmbeddings(name=str(st_model), dtype="float32").generate_embeddings(PASSAGES[:2])
+    np.testing.assert_allclose([r["vector"] for r in records], np.stack(expected), atol=1e-6)
+
+
+def test_embed_query_prepends_the_instruction(run, st_model, tmp_path):
+    source = tmp_path / "queries.txt"
+    source.write_text("how do I sort a list\r\nwhat is a lambda\n", encoding="utf-8")
+    result = run("embed", str(source), "-m", str(st_model), "--dtype", "float32", "--query")
+    assert result.exit_code == 0, result.output
+    vectors = np.array([r["vector"] for r in json_lines(result.stdout)])
+    fn = BAAIEmbeddings(name=str(st_model), dtype="float32")
+    assert fn.instruction()  # the fixture is named like bge-small-en-v1.5, so there is one
+    queries = np.stack(fn.compute_query_embeddings(["how do I sort a list", "what is a lambda"]))
+    passages = np.stack(fn.generate_embeddings(["how do I sort a list", "what is a lambda"]))
+    np.testing.assert_allclose(vectors, queries, atol=1e-6)
+    assert not np.allclose(vectors, passages, atol=1e-6)
+
+
+def test_embed_keeps_unicode_readable(run, st_model):
+    result = run("embed", "-m", str(st_model), input="naïve café\n")
+    assert result.exit_code == 0, result.output
+    assert '"text": "naïve café"' in result.stdout
+
+
+def test_embed_streams_large_inputs_in_chunks(run, st_model, monkeypatch):
+    monkeypatch.setattr(cli, "CHUNK", 4)
+    lines = [f"text {chr(97 + i)}" for i in range(10)]
+    result = run("embed", "-m", str(st_model), "--dtype", "float32", input="\n".join(lines))
+    assert [r["text"] for r in json_lines(result.stdout)] == lines
+    assert lancedb_baai.cache_info()[0]["calls"] >= 3  # one model call per chunk (plus the up-front load)
+
+
+@pytest.mark.parametrize(("args", "code", "message"), [
+    (["missing.txt"], 1, "input file 'missing.txt' does not exist"),
+    (["-d", "gpu"], 2, "use one of ['auto', 'cpu', 'cuda', 'cuda:N', 'mps']"),
+    (["--dtype", "int8"], 2, "dtype 'int8' is not supported"),
+    (["--batch-size", "0"], 2, "--batch-size"),
+])
+def test_embed_rejects_bad_input_with_a_message(run, st_model, args, code, message):
+    result = run("embed", "-m", str(st_model), *args, input="x\n")
+    assert result.exit_code == code
+    assert message in _unboxed(result.stderr)
+    assert "Traceback" not in result.output
+
+
+def test_embed_with_a_reranker_says_what_to_use(run, cross_encoder):
+    result = run("embed", "-m", str(cross_encoder), input="x\n")
+    assert result.exit_code == 1
+    assert result.stderr.startswith("error: ") and "is a cross-encoder reranker" in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_embed_unknown_hub_model_offline(run, empty_hub):
+    result = run("embed", "-m", "BAAI/bge-small-en-v1.5", input="x\n")
+    assert result.exit_code == 1
+    assert "lancedb-baai download BAAI/bge-small-en-v1.5" in result.stderr
+
+
+# --- rerank ------------------------------------------------------------------------------------
+
+def test_rerank_scores_match_the_library_in_input_order(run, cross_encoder):
+    query = "anonymous functions"
+    result = run("rerank", "-q", query, "-m", str(cross_encoder), "--dtype", "float32", input="\n".join(PASSAGES))
+    assert result.exit_code == 0, result.output
+    records = json_lines(result.stdout)
+    assert [r["text"] for r in records] == PASSAGES
+    expected = BAAIRerankFunction(name=str(cross_encoder), dtype="float32").score(query, PASSAGES)
+    np.testing.assert_allclose([r["score"] for r in records], expected, atol=1e-6)
+
+
+def test_rerank_sort_and_normalize(run, cross_encoder):
+    query = "anonymous functions"
+    raw = json_lines(run("rerank", "-q", query, "-m", str(cross_encoder), "--dtype", "float32",
+                         input="\n".join(PASSAGES)).stdout)
+    result = run("rerank", "-q", query, "-m", str(cross_encoder), "--dtype", "float32", "--sort", "--normalize",
+                 input="\n".join(PASSAGES))
+    assert result.exit_code == 0, result.output
+    ranked = json_lines(result.stdout)
+    scores = [r["score"] for r in ranked]
+    assert scores == sorted(scores, reverse=True)
+    expected = {r["text"]: 1 / (1 + math.exp(-r["score"])) for r in raw}
+    assert sorted(r["text"] for r in ranked) == sorted(PASSAGES)
+    for r in ranked:
+        assert r["score"] == pytest.approx(expected[r["text"]], abs=1e-6)
+
+
+def test_rerank_needs_a_query(run, cross_encoder):
+    missing = run("rerank", "-m", str(cross_encoder), input="x\n")
+    assert missing.exit_code == 2 and "--query" in missing.stderr
+    empty = run("rerank", "-q", "  ", "-m", str(cross_encoder), input="x\n")
+    assert empty.exit_code == 1 and "--query is empty" in empty.stderr
+
+
+def test_rerank_with_an_embedder_says_what_to_use(run, st_model):
+    result = run("rerank", "-q", "x", "-m", str(st_model), input="x\n")
+    assert result.exit_code == 1
+    assert "not a cross-encoder reranker" in result.stderr and "Traceback" not in result.output
+
+
+# --- bench -------------------------------------------------------------------------------------
+
+@pytest.fixture
+def bench_dir(tmp_path, monkeypatch):
+    folder = tmp_path / "benchmarks"
+    folder.mkdir()
+    (folder / "embed.py").write_text(textwrap.dedent("""
+        import sys
+        print("embed table", sys.argv[1:])
+        sys.exit(0 if sys.argv[1:] == ["--quick"] else 3)
+    """))
+    (folder / "rerank.py").write_text("import sys\nprint('rerank broke', file=sys.stderr)\nsys.exit(1)\n")
+    (folder / "_common.py").write_text("raise SystemExit('not a benchmark')\n")
+    monkeypatch.setattr(cli, "benchmarks_dir", lambda: folder)
+    return folder
+
+
+@pytest.mark.timeout(120)
+def test_bench_runs_each_present_script_quick_and_reports(run, bench_dir):
+    result = run("bench")
+    assert result.exit_code == 1  # rerank.py failed
+    out = result.stdout
+    assert "embed table ['--quick']" in out and "rerank broke" in out
+    table = out[out.rindex("script"):].splitlines()
+    assert table[2].split()[:2] == ["embed.py", "pass"]
+    assert table[3].split()[:4] == ["rerank.py", "FAIL", "(exit", "1)"]
+    assert len(table) == 4  # loads.py, gpu.py, ray_ingest.py absent; _common.py not a benchmark
+
+
+@pytest.mark.timeout(120)
+def test_bench_only_and_full(run, bench_dir):
+    assert run("bench", "--only", "embed").exit_code == 0
+    assert run("bench", "--only", "embed.py").exit_code == 0
+    full = run("bench", "--only", "embed", "--full")
+    assert full.exit_code == 1 and "FAIL (exit 3)" in full.stdout
+    missing = run("bench", "--only", "gpu")
+    assert missing.exit_code == 1 and "no benchmark script gpu" in missing.stderr
+
+
+@pytest.mark.timeout(120)
+def test_bench_reports_a_skip_as_a_skip(run, bench_dir):
+    (bench_dir / "gpu.py").write_text("print('no CUDA device: skipped')\n")
+    result = run("bench", "--only", "gpu", "--only", "embed")
+    assert result.exit_code == 0, result.output
+    rows = [line.split()[:2] for line in result.stdout.splitlines()[-2:]]
+    assert rows == [["gpu.py", "skipped"], ["embed.py", "pass"]]
+
+
+@pytest.mark.timeout(120)
+def test_bench_timeout_is_a_failure(run, bench_dir):
+    (bench_dir / "embed.py").write_text("import time\ntime.sleep(60)\n")
+    result = run("bench", "--only", "embed", "--timeout", "1")
+    assert result.exit_code == 1 and "timed out after 1s" in result.stdout
+
+
+def test_bench_outside_a_source_checkout(run, tmp_path, monkeypatch):
+    monkeypatch.setattr(cli, "benchmarks_dir", lambda: tmp_path / "nowhere")
+    result = run("bench")
+    assert result.exit_code == 1 and "source checkout" in result.stderr
+
+
+def test_benchmarks_dir_is_next_to_the_package():
+    assert cli.benchmarks_dir().parent == cli.Path(lancedb_baai.__file__).resolve().parents[1]
+    assert cli.benchmarks_dir().name == "benchmarks"

@@ -1,0 +1,106 @@
+"""examples/quickstart.ipynb: stored executed, and still runs from top to bottom offline.
+
+Refresh the stored outputs after editing the notebook with:
+    .venv/bin/python tests/test_notebook.py --write
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+NOTEBOOK = Path(__file__).resolve().parents[1] / "examples" / "quickstart.ipynb"
+KERNEL = "lancedb-baai-test"
+
+
+def _write_kernelspec(root: Path) -> None:
+    """A kernelspec that starts this very interpreter, so no machine-wide kernel is needed.
+
+    Written by hand rather than with ipykernel's helper: importing ipykernel here would make
+    every later test in this process look like a notebook session to the progress-bar rule.
+    """
+    spec = root / "kernels" / KERNEL
+    spec.mkdir(parents=True, exist_ok=True)
+    argv = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+    (spec / "kernel.json").write_text(json.dumps(
+        {"argv": argv, "display_name": "lancedb-baai test", "language": "python"}), encoding="utf-8")
+
+
+def execute(workdir: Path, timeout: int = 600):
+    """Run the notebook in ``workdir`` with this interpreter; raise on the first cell error."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    _write_kernelspec(workdir / "jupyter")
+    # JUPYTER_PATH is searched before the user's and the system's kernels.
+    os.environ["JUPYTER_PATH"] = os.pathsep.join(filter(None, [str(workdir / "jupyter"),
+                                                               os.environ.get("JUPYTER_PATH")]))
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    client = NotebookClient(nb, timeout=timeout, kernel_name=KERNEL, record_timing=False,
+                            resources={"metadata": {"path": str(workdir)}})
+    client.execute()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}
+    return nb
+
+
+def _outputs(nb, mime: str) -> list[str]:
+    return [str(out["data"][mime]) for cell in nb.cells if cell.cell_type == "code"
+            for out in cell.get("outputs", []) if mime in out.get("data", {})]
+
+
+def _check_outputs(nb) -> None:
+    errors = [out for cell in nb.cells if cell.cell_type == "code"
+              for out in cell.get("outputs", []) if out.get("output_type") == "error"]
+    assert not errors, errors
+    html = _outputs(nb, "text/html")
+    assert sum("dataframe" in h for h in html) >= 5, "search results and corpus sample as DataFrames"
+    assert any("engine cache of process" in h and "<table" in h for h in html), "cache_info() as a table"
+    assert _outputs(nb, "image/png"), "the distance/score plot"
+    text = "".join(_outputs(nb, "text/plain"))
+    assert "BAAIReranker(" in text and "column='text'" in text
+
+
+def test_stored_notebook_is_executed_and_clean():
+    import nbformat
+
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    nbformat.validate(nb)
+    code = [cell for cell in nb.cells if cell.cell_type == "code"]
+    assert code and all(cell.execution_count for cell in code), "store the notebook executed"
+    assert [cell.execution_count for cell in code] == list(range(1, len(code) + 1)), "run top to bottom once"
+    assert any("pip install" in cell.source for cell in nb.cells if cell.cell_type == "markdown")
+    _check_outputs(nb)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_notebook_runs_offline(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("JUPYTER_PATH", os.environ.get("JUPYTER_PATH", ""))
+    nb = execute(tmp_path)
+    _check_outputs(nb)
+
+
+if __name__ == "__main__":
+    import argparse
+    import tempfile
+
+    import nbformat
+
+    parser = argparse.ArgumentParser(description="Execute examples/quickstart.ipynb headlessly.")
+    parser.add_argument("--write", action="store_true", help="store the executed notebook in place")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        executed = execute(Path(tmp))
+    _check_outputs(executed)
+    if args.write:
+        nbformat.write(executed, NOTEBOOK)
+        print(f"stored {NOTEBOOK}")
+    else:
+        print("ran without errors (pass --write to store the outputs)")
