@@ -3,10 +3,9 @@
 Not a benchmark itself. Each script imports it as ``_common`` (the scripts' own folder is on
 ``sys.path`` when they run) and keeps only its own measurements.
 
-``lancedb_baai`` is imported here before torch on purpose: every script measures the package
-and its baselines in one process, so whatever the import does to process-wide settings
-(torch threads, tokenizer parallelism) applies to both, and :func:`machine_info` records
-the values the run actually had.
+Importing it registers ``local-baai`` for every script. The package and its baselines run
+in one process, so process-wide settings (torch threads, tokenizer parallelism) are the
+same for both; :func:`machine_info` records the values the run had.
 """
 
 from __future__ import annotations
@@ -29,7 +28,7 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("LANCEDB_LOG", "error")  # no "creating dataset" warnings between table rows
 
-import lancedb_baai  # noqa: E402  (before torch, see the module docstring)
+import lancedb_baai  # noqa: E402, F401  (registers local-baai and local-baai-rerank)
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
@@ -115,7 +114,8 @@ def write_plot(path: Path | None, title: str, panels: list[tuple[str, list[str],
         ax.invert_yaxis()
         ax.set_xlabel(label)
         for i, v in enumerate(values):
-            ax.annotate(f"{v:.3g}" if abs(v) < 1000 else f"{v:.0f}", (v, i), xytext=(3, 0), textcoords="offset points", va="center", fontsize=8)
+            text = f"{v:.3g}" if abs(v) < 1000 else f"{v:.0f}"
+            ax.annotate(text, (v, i), xytext=(3, 0), textcoords="offset points", va="center", fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
     path = Path(path)
@@ -303,8 +303,8 @@ class Timings:
         return statistics.median(self.seconds[name])
 
 
-def interleaved(methods: dict[str, Callable[[], Any]], rounds: int, warmup: dict[str, Callable[[], Any]] | None = None,
-                before_each: Callable[[str], None] | None = None) -> Timings:
+def interleaved(methods: dict[str, Callable[[], Any]], rounds: int,
+                warmup: dict[str, Callable[[], Any]] | None = None) -> Timings:
     """Time each method once per round, methods alternating, after one warm-up call of each.
 
     Alternating spreads slow spells of a shared machine over all methods instead of
@@ -316,8 +316,6 @@ def interleaved(methods: dict[str, Callable[[], Any]], rounds: int, warmup: dict
     timings = Timings({name: [] for name in methods})
     for round_ in range(rounds):
         for name, fn in methods.items():
-            if before_each is not None:
-                before_each(name)
             gc.collect()
             seconds = _seconds(fn)
             timings.seconds[name].append(seconds)

@@ -33,7 +33,8 @@ BUILTIN = "lancedb sentence-transformers (table.add)"
 def _options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rounds", type=int, default=None, help="timed rounds per method (default 3; quick 1)")
     parser.add_argument("--limit", type=int, default=None, help="texts to embed (default: the whole corpus; quick 16)")
-    parser.add_argument("--queries", type=int, default=None, help="fidelity queries of each kind (default 200; quick 4)")
+    parser.add_argument("--queries", type=int, default=None,
+                        help="fidelity queries of each kind (default 200; quick 4)")
 
 
 def main() -> int:
@@ -45,8 +46,7 @@ def main() -> int:
     print(f"{len(texts)} texts, {bench.tokens} tokens; measuring matmul peaks", flush=True)
     gemm = (256, 3) if args.quick else (2048, 5)
     peaks = _common.gemm_peaks(*gemm)
-    timings = _common.interleaved(bench.methods(), rounds, bench.warmups(),
-                                  before_each=bench.start_counting)
+    timings = _common.interleaved(bench.methods(), rounds, bench.warmups())
     # measured again after the rounds: on a shared machine the best of both is the peak
     again = _common.gemm_peaks(*gemm)
     peaks = {dtype: max(flops, again[dtype]) for dtype, flops in peaks.items()}
@@ -78,20 +78,21 @@ class EmbedBench:
             "local-baai float32 (table.add)": registry.get("local-baai").create(
                 name=model_dir, device="cpu", dtype="float32"),
         }
+        self.dims = self.functions["local-baai float32 (table.add)"].ndims()  # from config files
         self.dtypes = {"sentence-transformers encode fp32": "float32", BUILTIN: "float32"}
         for name, fn in self.functions.items():
             if name != BUILTIN:
                 self.dtypes[name] = fn.engine_key().dtype
         self.loads: dict[str, int] = {}
         self.calls: dict[str, int] = {}
-        self._counting: tuple[str, int] | None = None
         self.st_vectors: np.ndarray | None = None
 
     def methods(self) -> dict[str, Any]:
+        """The timed calls, each counting the model loads it causes."""
         methods = {"sentence-transformers encode fp32": self._encode}
         for name in self.functions:
             methods[name] = lambda name=name: self._ingest(name, self.texts)
-        return methods
+        return {name: self._counted(name, fn) for name, fn in methods.items()}
 
     def warmups(self) -> dict[str, Any]:
         sample = self.texts[:32]
@@ -100,22 +101,20 @@ class EmbedBench:
             warm[name] = lambda name=name: self._ingest(name, sample)
         return warm
 
-    def start_counting(self, name: str) -> None:
-        """Attribute the loads since the previous timed call to that call's method."""
-        self._settle()
-        self._counting = (name, self.counter.count)
+    def _counted(self, name: str, fn: Any) -> Any:
+        def run() -> None:
+            start = self.counter.count
+            fn()
+            self.loads[name] = self.loads.get(name, 0) + self.counter.count - start
+            self.calls[name] = self.calls.get(name, 0) + 1
 
-    def _settle(self) -> None:
-        if self._counting is not None:
-            previous, start = self._counting
-            self.loads[previous] = self.loads.get(previous, 0) + self.counter.count - start
-            self.calls[previous] = self.calls.get(previous, 0) + 1
+        return run
 
     def _encode(self) -> None:
         self.st_vectors = self.st.encode(self.texts, batch_size=32, normalize_embeddings=True)
 
     def _table_name(self, name: str) -> str:
-        return "t" + str(abs(hash(name)))
+        return f"t{list(self.functions).index(name)}"
 
     def _ingest(self, name: str, texts: list[str]) -> None:
         import pyarrow as pa
@@ -123,7 +122,7 @@ class EmbedBench:
 
         fn = self.functions[name]
         schema = pa.schema([pa.field("id", pa.int64()), pa.field("text", pa.string()),
-                            pa.field("vector", pa.list_(pa.float32(), 384))])
+                            pa.field("vector", pa.list_(pa.float32(), self.dims))])
         table = self.db.create_table(self._table_name(name), schema=schema, mode="overwrite",
                                      embedding_functions=[EmbeddingFunctionConfig(
                                          source_column="text", vector_column="vector", function=fn)])
@@ -136,8 +135,6 @@ class EmbedBench:
         return column.flatten().to_numpy().reshape(len(column), -1)
 
     def rows(self, timings: _common.Timings, peaks: dict[str, float]) -> list[dict[str, Any]]:
-        self._settle()
-        self._counting = None
         flops = self.shape.flops(self.lengths)
         base = len(self.texts) / timings.best(BUILTIN)
         rows = []
@@ -149,7 +146,7 @@ class EmbedBench:
                 "method": name, "dtype": dtype, "seconds": seconds, "seconds_all": timings.seconds[name],
                 "texts_per_s": len(self.texts) / seconds, "tokens_per_s": self.tokens / seconds,
                 "vs_builtin": len(self.texts) / seconds / base,
-                "loads_per_call": self.loads.get(name, 0) / max(1, self.calls.get(name, 1)),
+                "loads_per_call": self.loads[name] / self.calls[name],
                 "gflop_per_s": achieved / 1e9, "peak_fraction": achieved / peaks[dtype],
             })
         return rows

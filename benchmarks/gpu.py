@@ -132,8 +132,8 @@ def _report(args: argparse.Namespace, bench: GpuBench, rows: list[dict[str, Any]
         columns += [(f"st_rerank_{count}_ms", f"CrossEnc fp16 ms@{count}", ".1f"),
                     (f"ours_rerank_{count}_ms", f"BAAIReranker ms@{count}", ".1f"), (f"rerank_{count}_x", "x", ".2f")]
     print()
-    _common.print_table(f"{len(bench.texts)} texts ({bench.tokens} tokens) on {bench.device}, best of {rounds} round(s)",
-                        rows, columns)
+    title = f"{len(bench.texts)} texts ({bench.tokens} tokens) on {bench.device}, best of {rounds} round(s)"
+    _common.print_table(title, rows, columns)
     device_name = torch.cuda.get_device_name(0) if bench.device.startswith("cuda") else _common.cpu_model()
     payload = {
         "benchmark": "gpu", "quick": args.quick, "skipped": False, "device": bench.device, "device_name": device_name,

@@ -31,7 +31,6 @@ import _common
 
 OURS = "local-baai"
 THEIRS = "sentence-transformers"
-DIMS = 384
 
 
 def _options(parser: argparse.ArgumentParser) -> None:
@@ -126,6 +125,7 @@ class Scenarios:
         self.sizes = sizes
         self.questions = _common.questions(20)
         self.db = lancedb.connect(tempfile.mkdtemp(prefix="bench-loads-"))
+        self.dims = make_function(OURS, model_dir).ndims()  # from config files: loads nothing
 
     def all(self) -> dict[str, tuple[int, Callable[[str], None]]]:
         """Scenario name -> (ideal loads, runner taking the function's registry name)."""
@@ -142,7 +142,7 @@ class Scenarios:
         from lancedb.embeddings import EmbeddingFunctionConfig
 
         schema = pa.schema([pa.field("id", pa.int64()), pa.field("text", pa.string()),
-                            pa.field("vector", pa.list_(pa.float32(), DIMS))])
+                            pa.field("vector", pa.list_(pa.float32(), self.dims))])
         config = EmbeddingFunctionConfig(source_column="text", vector_column="vector", function=fn)
         return self.db.create_table(f"t_{which.replace('-', '_')}", schema=schema, mode="overwrite",
                                     embedding_functions=[config])
