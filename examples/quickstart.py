@@ -15,6 +15,7 @@ from pathlib import Path
 
 import lancedb
 from lancedb.embeddings import get_registry
+from lancedb.index import FTS
 from lancedb.pydantic import LanceModel, Vector
 
 import lancedb_baai
@@ -63,7 +64,7 @@ def main() -> None:
     table = lancedb.connect(args.db).create_table("python_reference", schema=Paragraph)
     rows = python_reference_paragraphs(limit=args.limit)
     table.add(rows)
-    table.create_fts_index("text")
+    table.create_index("text", config=FTS())  # full-text index: BM25 and hybrid search
     print(f"indexed {table.count_rows()} paragraphs of Python's reference topics with {model}\n")
 
     reranker_name = pick("BAAI/bge-reranker-base", args.reranker)

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from . import _hub, _progress
-from ._batching import plan_batches
+from ._batching import pass_cost, plan_batches
 from ._device import torch_dtype
 
 if TYPE_CHECKING:
@@ -59,7 +59,7 @@ class _TorchEngine:
         """Yield (indices, padded tensors on device) in length order; indices restore order."""
         lengths = [len(ids) for ids in features["input_ids"]]
         with _progress.bar(progress, len(lengths), desc) as bar:
-            for index in plan_batches(lengths, batch_size):
+            for index in plan_batches(lengths, batch_size, pass_tokens=pass_cost(self.key.device)):
                 chunk = {k: [v[i] for i in index] for k, v in features.items()}
                 with self._tokenizer_lock:
                     padded = self.tokenizer.pad(chunk, return_tensors="pt")

@@ -19,6 +19,7 @@ from lancedb.pydantic import LanceModel, MultiVector, Vector
 import lancedb
 import lancedb_baai
 from lancedb_baai import lifecycle, testing
+from lancedb_baai._batching import pass_cost, plan_batches
 from lancedb_baai.m3 import (
     SPARSE_TYPE,
     BGEM3ColbertEmbeddings,
@@ -383,6 +384,8 @@ def test_example_runs(tmp_path):
     """examples/m3_hybrid.py end to end on a tiny model (no bge-m3 download here)."""
     from pathlib import Path
 
+    from transformers import AutoTokenizer
+
     script = Path(__file__).parents[1] / "examples" / "m3_hybrid.py"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     command = [sys.executable, str(script), "--tiny", "--limit", "40", "--top", "3"]
@@ -390,5 +393,10 @@ def test_example_runs(tmp_path):
 
     assert done.returncode == 0, done.stderr[-2000:]
     assert "tiny random bge-m3-shaped model" in done.stdout and "indexed 40 paragraphs" in done.stdout
-    assert "2 forward passes for two embedding columns" in done.stdout  # 40 texts, batches of 32
+    # one pass per planned batch serves both columns (two columns on their own would take twice that)
+    tokenizer = AutoTokenizer.from_pretrained(testing.build_m3_model(tmp_path / "same-tiny", hidden=64, max_length=256))
+    texts = [row["text"] for row in testing.python_reference_paragraphs(limit=40)]
+    lengths = [len(ids) for ids in tokenizer(texts, truncation=True, max_length=256)["input_ids"]]
+    batches = len(list(plan_batches(lengths, 32, pass_tokens=pass_cost("cpu"))))
+    assert f" {batches} forward passes for two embedding columns" in done.stdout
     assert done.stdout.count("_relevance_score=") == 3

@@ -9,6 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 from lancedb.embeddings import get_registry
+from lancedb.index import FTS
 from lancedb.pydantic import LanceModel, Vector
 
 import lancedb_baai
@@ -164,7 +165,7 @@ def table(st_model, tmp_path):
     table = lancedb.connect(tmp_path).create_table("docs", schema=Doc)
     rng = np.random.default_rng(0)
     table.add([{"text": t, "plain": rng.normal(size=embed.ndims()).tolist()} for t in CORPUS])
-    table.create_fts_index("text")
+    table.create_index("text", config=FTS())
     return table
 
 
