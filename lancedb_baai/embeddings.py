@@ -35,6 +35,10 @@ class NoRetry:
     def compute_source_embeddings_with_retry(self, *args, **kwargs):
         return self.compute_source_embeddings(*args, **kwargs)
 
+    def __repr_args__(self):
+        """The configuration without ``max_retries``, which these functions never use."""
+        return [(name, value) for name, value in super().__repr_args__() if name != "max_retries"]
+
     def safe_model_dump(self) -> dict[str, Any]:
         """The arguments stored in table metadata: as given to ``create()``, else the non-defaults."""
         original = getattr(self, "_original_args", None)
