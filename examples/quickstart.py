@@ -44,9 +44,16 @@ def fallback_embedder() -> str:
     return path
 
 
+def spread(rows: list[dict], limit: int | None) -> list[dict]:
+    """At most ``limit`` rows taken evenly from all of ``rows`` (topics are in alphabetical order)."""
+    if not limit or limit >= len(rows):
+        return rows
+    return rows[:: len(rows) // limit][:limit]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--limit", type=int, default=1000, help="paragraphs to index (default 1000)")
+    parser.add_argument("--limit", type=int, help="paragraphs to index, spread over all topics (default: all)")
     parser.add_argument("--model", help="embedding model: hub id or local directory")
     parser.add_argument("--reranker", help="bge reranker: hub id or local directory")
     parser.add_argument("--db", default=str(Path(__file__).parent / "data" / "quickstart.lancedb"))
@@ -62,7 +69,7 @@ def main() -> None:
 
     shutil.rmtree(args.db, ignore_errors=True)
     table = lancedb.connect(args.db).create_table("python_reference", schema=Paragraph)
-    rows = python_reference_paragraphs(limit=args.limit)
+    rows = spread(python_reference_paragraphs(), args.limit)
     table.add(rows)
     table.create_index("text", config=FTS())  # full-text index: BM25 and hybrid search
     print(f"indexed {table.count_rows()} paragraphs of Python's reference topics with {model}\n")
@@ -75,8 +82,8 @@ def main() -> None:
             search = search.rerank(reranker)
         print(f"Q: {query}")
         for row in search.to_list():
-            score = row.get("_relevance_score", row.get("_distance"))
-            print(f"  [{row['topic']}] {score:.3f}  {row['text'][:110]}")
+            score = f"relevance {row['_relevance_score']:.3f}" if reranker else f"distance {row['_distance']:.3f}"
+            print(f"  [{row['topic']}] {score}  {row['text'][:100]}")
         print()
     if reranker is None:
         print("No bge reranker is available locally, so results are not reranked. To rerank, run\n"
