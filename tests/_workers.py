@@ -1,4 +1,4 @@
-"""Targets for spawn-pool workers in test_cache.py (a module, so spawn children can import it)."""
+"""Targets and initializers for pool workers in test_cache.py and test_lifecycle.py (a module, so spawn children can import it)."""
 
 from __future__ import annotations
 

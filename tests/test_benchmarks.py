@@ -96,10 +96,12 @@ def test_loads_quick(tmp_path):
     workers = data["workers"]
     assert workers == 2 and data["tasks"] == 4
     assert pool["ideal"] == workers
-    # one load per worker process, counted two ways
-    assert pool["local-baai loads"] == workers
-    assert all(run["package_load_count"] == workers for run in pool["local-baai detail"])
-    assert all(run["workers_used"] <= workers for run in pool["local-baai detail"])
+    # one load per worker process that ran a task, counted two ways (with 4 short tasks one
+    # worker may take them all before the other has started)
+    for run in pool["local-baai detail"]:
+        assert 1 <= run["workers_used"] <= workers
+        assert run["loads"] == run["package_load_count"] == run["workers_used"]
+    assert pool["local-baai loads"] <= workers
     assert pool["sentence-transformers loads"] >= 1
     assert len(scenarios) == 4
     for row in scenarios:

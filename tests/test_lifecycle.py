@@ -19,6 +19,7 @@ import lancedb_baai
 from lancedb_baai import testing
 
 import _lifecycle_workers as workers
+import _workers
 
 
 def _vectors(name, texts=("python function", "a list of values")):
@@ -48,7 +49,9 @@ def test_preload_serves_later_function_objects(st_model):
 def test_preload_then_fork_children_load_nothing_and_do_not_hang(st_model):
     lancedb_baai.preload(str(st_model), dtype="float32")
     parent = _vectors(st_model, ["python"])[0]  # the parent has run inference before forking
-    with mp.get_context("fork").Pool(4) as pool:
+    ctx = mp.get_context("fork")
+    barrier = ctx.Barrier(4)  # every child is up before any takes a task, so several take some
+    with ctx.Pool(4, initializer=_workers.wait_for_peers, initargs=(barrier,)) as pool:
         results = pool.map_async(workers.embed_and_count, [str(st_model)] * 8).get(timeout=120)
     assert len({pid for pid, _, _ in results}) > 1
     assert all(loads == 0 for _, loads, _ in results)
