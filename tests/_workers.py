@@ -1,4 +1,7 @@
-"""Targets and initializers for pool workers in test_cache.py and test_lifecycle.py (a module, so spawn children can import it)."""
+"""Pool workers' targets and initializers for test_cache.py and test_lifecycle.py.
+
+A module of its own, so spawn children can import it.
+"""
 
 from __future__ import annotations
 
