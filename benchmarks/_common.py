@@ -52,25 +52,14 @@ def parse_args(name: str, doc: str | None, add: Callable[[argparse.ArgumentParse
 
 
 def print_table(title: str, rows: list[dict[str, Any]], columns: list[tuple[str, str, str]]) -> str:
-    """Print ``rows`` as an aligned text table; ``columns`` are (key, header, format spec)."""
-    cells = [[_cell(row.get(key), spec) for key, _, spec in columns] for row in rows]
-    headers = [header for _, header, _ in columns]
-    widths = [max(len(h), *(len(c[i]) for c in cells)) if cells else len(h) for i, h in enumerate(headers)]
-    lines = [title, "  ".join(h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w) in enumerate(zip(headers, widths)))]
-    lines.append("  ".join("-" * w for w in widths))
-    for row in cells:
-        lines.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))))
-    text = "\n".join(lines)
+    """Print ``rows`` under ``title`` as an aligned text table; ``columns`` are (key, header, format spec)."""
+    from lancedb_baai._report import text_table
+
+    table = text_table(rows, [key for key, _, _ in columns], headers=[header for _, header, _ in columns],
+                       formats={key: spec for key, _, spec in columns if spec})
+    text = f"{title}\n{table}"
     print(text, flush=True)
     return text
-
-
-def _cell(value: Any, spec: str) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, (int, float)) and spec:
-        return format(value, spec)
-    return str(value)
 
 
 def write_json(path: Path, payload: dict[str, Any]) -> Path:
@@ -139,7 +128,8 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def _version(dist: str) -> str | None:
+def package_version(dist: str) -> str | None:
+    """The installed version of ``dist``, or None when it is not installed."""
     try:
         return metadata.version(dist)
     except metadata.PackageNotFoundError:
@@ -164,7 +154,7 @@ def machine_info(**dtypes_used: Any) -> dict[str, Any]:
         "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
     }
     for dist in ("transformers", "sentence-transformers", "lancedb", "lancedb_baai", "tokenizers", "numpy"):
-        info[dist.replace("-", "_")] = _version(dist)
+        info[dist.replace("-", "_")] = package_version(dist)
     info["dtypes_used"] = dtypes_used
     return info
 

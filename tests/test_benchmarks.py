@@ -40,7 +40,7 @@ def check_machine(machine: dict) -> None:
 
 
 def test_every_script_says_how_to_run_it():
-    for script in ("embed", "rerank", "loads", "gpu"):
+    for script in ("embed", "rerank", "loads", "gpu", "ray_ingest"):
         doc = (BENCHMARKS / f"{script}.py").read_text(encoding="utf-8").split('"""')[1]
         assert doc.startswith(f"Run with: .venv/bin/python benchmarks/{script}.py [--quick]"), script
 

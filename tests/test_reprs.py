@@ -96,6 +96,17 @@ def test_table_helpers_align_and_escape():
     assert "<td>&amp;</td>" in html_table([{"x": "&"}], ["x"])
 
 
+def test_text_table_headers_and_number_formats():
+    rows = [{"method": "ours", "rate": 143.2149, "ok": True}, {"method": "theirs", "rate": 50.0, "ok": None}]
+    assert text_table(rows, ["method", "rate", "ok"], headers=["method", "texts/s", "met"],
+                      formats={"rate": ".1f"}).splitlines() == [
+        "method  texts/s  met",
+        "------  -------  ---",
+        "ours      143.2  yes",
+        "theirs     50.0  -",
+    ]
+
+
 def test_function_reprs_show_their_configuration(st_model, cross_encoder):
     embedder = BAAIEmbeddings(name=str(st_model), device="cpu", batch_size=8)
     text = repr(embedder)
