@@ -8,6 +8,7 @@ model is first used. Models live in a per-process cache and load once per proces
 from __future__ import annotations
 
 from ._cache import CACHE as _CACHE
+from ._loading import allow_remote_code
 from ._report import CacheInfo
 from .embeddings import BAAIEmbeddings
 from .lifecycle import loaded, preload, release, rollback, swap
@@ -33,5 +34,5 @@ def load_count() -> int:
 __all__ = [
     "BAAIEmbeddings", "BAAIRerankFunction", "BAAIReranker",
     "BGEM3Embeddings", "BGEM3ColbertEmbeddings", "BGEM3Reranker", "fill_multivectors", "sparse_column",
-    "cache_info", "load_count", "preload", "release", "loaded", "swap", "rollback", "__version__",
+    "allow_remote_code", "cache_info", "load_count", "preload", "release", "loaded", "swap", "rollback", "__version__",
 ]

@@ -1,11 +1,20 @@
-"""Known BAAI bge models as plain data: what each is, without loading any weights."""
+"""Known BAAI bge models as plain data, and the family facts read without loading weights.
+
+What kind a model is (embedder, reranker, bge-m3), how wide its vectors are and which
+query instruction its family uses: answered from the catalog for hub ids and from the
+config files for local directories, never from the weights.
+"""
 
 from __future__ import annotations
 
+import functools
+import os
 import re
 from dataclasses import dataclass
-from pathlib import PurePath
+from pathlib import Path, PurePath
 from typing import Literal
+
+from . import _hub
 
 EN_INSTRUCTION = "Represent this sentence for searching relevant passages: "
 ZH_INSTRUCTION = "为这个句子生成表示以用于检索相关文章："
@@ -68,3 +77,48 @@ def default_query_instruction(name: str) -> str:
         if pattern.search(base):
             return instruction
     return ""
+
+
+HEAD_FILES = ("colbert_linear.pt", "sparse_linear.pt")
+"""The files a bge-m3 snapshot keeps beside its encoder: the ColBERT and sparse heads."""
+
+
+def has_m3_heads(path: Path) -> bool:
+    """True when ``path`` holds both bge-m3 head files next to the encoder."""
+    return all((path / name).is_file() for name in HEAD_FILES)
+
+
+def is_m3(name: str, revision: str | None = None) -> bool:
+    """True for bge-m3: the hub id in the catalog, or a directory that holds both m3 head files."""
+    if _hub.is_local(name):
+        return has_m3_heads(Path(os.path.expanduser(name)))
+    return _hub_is_m3(name, revision)
+
+
+@functools.lru_cache(maxsize=256)
+def _hub_is_m3(name: str, revision: str | None) -> bool:
+    spec = lookup(name)
+    if spec is not None:
+        return spec.kind == "m3"
+    path = _hub.cached_dir(name, revision)
+    return path is not None and has_m3_heads(path)
+
+
+@functools.lru_cache(maxsize=256)
+def vector_dims(name: str, revision: str | None = None) -> int:
+    """The dense vector width of ``name``: the catalog's for hub ids, else from its config files.
+
+    A local directory is always read (tiny or fine-tuned copies named like bge may have
+    other widths than the published model).
+    """
+    spec = None if _hub.is_local(name) else lookup(name)
+    if spec is not None and spec.dims is not None:
+        return spec.dims
+    path = _hub.cached_dir(name, revision)
+    if path is None:
+        raise ValueError(
+            f"cannot tell the vector width of {name!r}: it is not in the catalog of known bge "
+            "models and its files are not available locally. Download it first "
+            "(`lancedb-baai download NAME`) or pass a local directory."
+        )
+    return _hub.embedding_dims(path)

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 from . import _hub
 from ._cache import CACHE, EngineKey
 from ._device import check_device, check_dtype, resolve_device, resolve_dtype
+
+logger = logging.getLogger(__name__)
+
+METADATA_KEY = "lancedb_baai"
+"""The key this package adds to a function's stored arguments: who wrote them, with what dtype."""
+
+_LANCEDB_FIELDS = frozenset({"max_retries"})  # LanceDB's own, which these functions never use
 
 
 class EngineConfig(BaseModel):
@@ -30,6 +38,31 @@ class EngineConfig(BaseModel):
     max_length: int | None = Field(default=None, gt=0)
     trust_remote_code: bool = False
     show_progress: bool | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_options(cls, data: Any) -> Any:
+        """Refuse an option this class does not have, listing the ones it has.
+
+        Arguments rebuilt from a table's metadata carry :data:`METADATA_KEY`; an unknown
+        option there was written by a newer version of the package, so it is ignored with a
+        warning and the table still opens.
+        """
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        written_by = data.pop(METADATA_KEY, None)
+        unknown = sorted(set(data) - set(cls.model_fields))
+        if not unknown:
+            return data
+        valid = sorted(set(cls.model_fields) - _LANCEDB_FIELDS)
+        if written_by is None:
+            raise ValueError(f"unknown option{'s' if len(unknown) > 1 else ''} {unknown} for "
+                             f"{cls.__name__}; valid options are {valid}")
+        version = written_by.get("version", "?") if isinstance(written_by, dict) else "?"
+        logger.warning("ignoring option(s) %s stored by lancedb_baai %s: this version does not know "
+                       "them (upgrade lancedb_baai to use them)", unknown, version)
+        return {k: v for k, v in data.items() if k not in unknown}
 
     @field_validator("device")
     @classmethod
@@ -68,6 +101,32 @@ class EngineConfig(BaseModel):
         return CACHE.get(self.engine_key(), self._load)
 
     def _load(self, key: EngineKey) -> Any:
-        from ._engine import load_engine
+        from ._loading import load_engine
 
-        return load_engine(key, self.trust_remote_code)
+        return load_engine(key, self.trust_remote_code, show_progress=self.show_progress is True)
+
+    def __repr_args__(self):
+        """The configuration without LanceDB's ``max_retries``, which these functions never use."""
+        return [(name, value) for name, value in super().__repr_args__() if name not in _LANCEDB_FIELDS]
+
+    def safe_model_dump(self) -> dict[str, Any]:
+        """The arguments stored in table metadata, plus who wrote them and the dtype the vectors get.
+
+        The arguments are those given to ``create()`` (else the non-default fields), so a
+        table rebuilt from them gets the same configuration.
+        """
+        original = getattr(self, "_original_args", None)
+        if original is None:
+            original = self.model_dump(exclude_defaults=True)
+        args = {k: os.fspath(v) if isinstance(v, os.PathLike) else v for k, v in original.items()
+                if k != METADATA_KEY}
+        return {**args, METADATA_KEY: self.provenance()}
+
+    def provenance(self) -> dict[str, Any]:
+        """Package version, and the device and dtype this process embeds with (and why)."""
+        from . import __version__
+        from ._device import dtype_decision
+
+        device = resolve_device(self.device)
+        dtype, why = dtype_decision(self.dtype, device)
+        return {"version": __version__, "device": device, "dtype": dtype, "dtype_reason": why}

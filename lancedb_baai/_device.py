@@ -53,6 +53,18 @@ def resolve_dtype(dtype: str, device: str) -> str:
     return "float32"
 
 
+def dtype_decision(dtype: str, device: str) -> tuple[str, str]:
+    """The dtype ``dtype`` resolves to on ``device``, and why (for cache_info and table metadata)."""
+    resolved = resolve_dtype(dtype, device)
+    if dtype != "auto":
+        return resolved, "asked for"
+    if device.startswith("cuda"):
+        return resolved, "auto on CUDA: float16"
+    if device == "cpu":
+        return resolved, f"auto on CPU: {cpu_bf16_report().reason()}"
+    return resolved, f"auto on {device}: float32"
+
+
 @dataclass(frozen=True)
 class Bf16Report:
     """What the CPU offers for bfloat16 and whether "auto" takes it."""

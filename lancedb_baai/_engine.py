@@ -1,30 +1,23 @@
 """Loaded models and their batched inference: the only place torch runs.
 
 An engine owns one model and its tokenizer on one device in one dtype. It is built by
-the engine cache (never by users directly) and shared by every function object,
-reranker and pickled copy whose configuration maps to the same cache key.
+:mod:`._loading` for the engine cache (never by users directly) and shared by every
+function object, reranker and pickled copy whose configuration maps to the same cache key.
 """
 
 from __future__ import annotations
 
-import json
-import logging
 import threading
-import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from . import _hub, _progress
+from . import _progress
 from ._batching import pass_cost, plan_batches
-from ._device import torch_dtype
 
 if TYPE_CHECKING:
     from ._cache import EngineKey
-
-logger = logging.getLogger(__name__)
 
 
 class _TorchEngine:
@@ -131,96 +124,7 @@ class BAAIRerankEngine(_TorchEngine):
         return query[: offsets[cap - 1][1]]
 
 
-def load_engine(key: EngineKey, trust_remote_code: bool = False) -> _TorchEngine:
-    """Build the engine ``key`` names: resolve files, load weights, move to device and dtype."""
-    start = time.perf_counter()
-    path = _hub.resolve(key.model, key.revision)
-    engine = _loader(key.kind)(key, path, trust_remote_code)
-    engine.model.to(device=key.device, dtype=torch_dtype(key.dtype)).eval()
-    logger.info("loaded %s model %s on %s as %s in %.2fs", key.kind, key.model, key.device,
-                key.dtype, time.perf_counter() - start)
-    return engine
-
-
-def _loader(kind: str) -> Callable[[EngineKey, Path, bool], _TorchEngine]:
-    if kind == "m3":
-        from ._m3_engine import load_m3_engine
-
-        return load_m3_engine
-    return {"embed": _load_embedder, "rerank": _load_reranker}[kind]
-
-
-def _load_embedder(key: EngineKey, path: Path, trust_remote_code: bool) -> BAAIEmbeddingEngine:
-    if _architectures(path, "ForSequenceClassification"):
-        raise ValueError(
-            f"{str(path)!r} is a cross-encoder reranker, not an embedding model. Use it with "
-            "'local-baai-rerank' / BAAIReranker, and give 'local-baai' a bge embedder."
-        )
-    if (path / "modules.json").is_file():
-        return _load_st_embedder(key, path, trust_remote_code)
-    return _load_plain_embedder(key, path, trust_remote_code)
-
-
-def _load_st_embedder(key: EngineKey, path: Path, trust_remote_code: bool) -> BAAIEmbeddingEngine:
-    """A sentence-transformers layout, its modules (pooling, dense, normalize) as written."""
-    from sentence_transformers import SentenceTransformer
-
-    model = SentenceTransformer(str(path), device="cpu", trust_remote_code=trust_remote_code,
-                                local_files_only=True)
-    if key.max_length is not None:
-        model.max_seq_length = key.max_length
-    dims = _hub.embedding_dims(path)
-    return BAAIEmbeddingEngine(key, model, model.tokenizer, model.max_seq_length, dims,
-                               lambda batch: model(batch)["sentence_embedding"])
-
-
-def _load_plain_embedder(key: EngineKey, path: Path, trust_remote_code: bool) -> BAAIEmbeddingEngine:
-    """A plain transformers export: bge's CLS pooling on the last hidden state."""
-    from transformers import AutoModel, AutoTokenizer
-
-    model = AutoModel.from_pretrained(str(path), trust_remote_code=trust_remote_code)
-    tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
-    max_length = key.max_length or _native_max_length(model.config, tokenizer)
-    return BAAIEmbeddingEngine(key, model, tokenizer, max_length, model.config.hidden_size,
-                               lambda batch: model(**batch).last_hidden_state[:, 0])
-
-
-def _load_reranker(key: EngineKey, path: Path, trust_remote_code: bool) -> BAAIRerankEngine:
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    _check_cross_encoder(path)
-    model = AutoModelForSequenceClassification.from_pretrained(
-        str(path), trust_remote_code=trust_remote_code)
-    tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
-    max_length = key.max_length or min(512, _native_max_length(model.config, tokenizer))
-    return BAAIRerankEngine(key, model, tokenizer, max_length)
-
-
-def _check_cross_encoder(path: Path) -> None:
-    """Refuse an embedder or a multi-label classifier before loading it as a reranker."""
-    config = json.loads((path / "config.json").read_text(encoding="utf-8"))
-    architectures = config.get("architectures") or []
-    if not _architectures(path, "ForSequenceClassification"):
-        raise ValueError(
-            f"{str(path)!r} is an embedding model ({', '.join(architectures) or 'no classifier head'}), "
-            "not a cross-encoder reranker. Use it with 'local-baai' for embeddings, and give "
-            "the reranker a bge-reranker model such as 'BAAI/bge-reranker-base'."
-        )
-    labels = len(config.get("id2label") or {}) or config.get("num_labels", 1)
-    if labels != 1:
-        raise ValueError(
-            f"{str(path)!r} is a classifier with {labels} labels; a bge reranker has a single "
-            "relevance logit (num_labels=1). Pass a bge-reranker model directory."
-        )
-
-
-def _architectures(path: Path, suffix: str) -> list[str]:
-    """The model classes in ``path``'s config.json whose names end with ``suffix``."""
-    config = json.loads((path / "config.json").read_text(encoding="utf-8"))
-    return [a for a in config.get("architectures") or [] if a.endswith(suffix)]
-
-
-def _native_max_length(config: Any, tokenizer: Any) -> int:
+def native_max_length(config: Any, tokenizer: Any) -> int:
     """The longest input the model was built for: the tokenizer's limit within the positions."""
     positions = getattr(config, "max_position_embeddings", None) or 512
     if getattr(config, "model_type", "") in ("xlm-roberta", "roberta"):

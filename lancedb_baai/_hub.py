@@ -3,15 +3,63 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
 
 
 class ModelNotAvailableError(OSError):
     """A hub model is neither in the local cache nor downloadable from here."""
+
+
+class BrokenModelError(ValueError):
+    """A model directory whose files cannot be read as a model: truncated, corrupt or unreadable."""
+
+
+class WrongModelError(ValueError):
+    """A readable model of the wrong kind or shape for what it was asked to do."""
+
+
+def read_json(file: Path, expect: type = dict) -> Any:
+    """A model's JSON config file, or an error naming the file and how to repair it."""
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BrokenModelError(
+            f"cannot read {str(file)!r} ({type(exc).__name__}: {exc}). The model's files are "
+            "damaged or unreadable: copy or download the model again (`lancedb-baai download NAME`)."
+        ) from exc
+    if not isinstance(data, expect):
+        raise BrokenModelError(f"{str(file)!r} holds a JSON {type(data).__name__}, not a {expect.__name__}: "
+                               "copy or download the model again.")
+    return data
+
+
+def architectures(path: Path, suffix: str) -> list[str]:
+    """The model classes in ``path``'s config.json whose names end with ``suffix``."""
+    return [a for a in read_json(path / "config.json").get("architectures") or [] if a.endswith(suffix)]
+
+
+@contextmanager
+def explain_broken(path: Path) -> Iterator[None]:
+    """Turn a low-level failure while loading ``path`` into an error naming the files to check."""
+    try:
+        yield
+    except (BrokenModelError, WrongModelError, PermissionError, FileNotFoundError):
+        raise
+    except (OSError, ValueError, RuntimeError, KeyError, EOFError) as exc:
+        weights = sorted(p.name for p in path.glob("*") if p.suffix in (".safetensors", ".bin", ".pt"))
+        raise BrokenModelError(
+            f"cannot load the model in {str(path)!r}: {type(exc).__name__}: {exc}. Its files "
+            f"(weights: {', '.join(weights) or 'none found'}; config.json; tokenizer files) look "
+            "truncated, corrupt or mismatched: copy or download the model again."
+        ) from exc
 
 
 def is_local(name: str) -> bool:
@@ -115,14 +163,10 @@ def embedding_dims(path: Path) -> int:
     A sentence-transformers layout is read as written: the last Dense module's width, else
     the pooling width; a plain export gives its hidden size (CLS pooling).
     """
-    import json
-
-    def read(p: Path) -> dict:
-        return json.loads(p.read_text(encoding="utf-8"))
-
+    read = read_json
     dims = read(path / "config.json").get("hidden_size")
     modules_file = path / "modules.json"
-    for module in read(modules_file) if modules_file.is_file() else []:
+    for module in read(modules_file, list) if modules_file.is_file() else []:
         config_file = path / module.get("path", "") / "config.json"
         if module["type"].endswith("Pooling") and config_file.is_file():
             pooling = read(config_file)

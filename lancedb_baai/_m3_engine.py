@@ -19,14 +19,15 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from ._engine import BAAIEmbeddingEngine, _native_max_length
+from ._catalog import HEAD_FILES
+from ._hub import WrongModelError
+from ._engine import BAAIEmbeddingEngine, native_max_length
 
 if TYPE_CHECKING:
     from ._cache import EngineKey
 
 Output = Literal["dense", "sparse", "colbert"]
 OUTPUTS: tuple[Output, ...] = ("dense", "sparse", "colbert")
-HEAD_FILES = ("colbert_linear.pt", "sparse_linear.pt")
 
 _COLBERT_CONSUMERS: set[str] = set()
 
@@ -39,11 +40,6 @@ def want_colbert_with_every_pass(model: str) -> None:
     already made. Models nobody asked ColBERT vectors of do not pay for them.
     """
     _COLBERT_CONSUMERS.add(model)
-
-
-def has_m3_heads(path: Path) -> bool:
-    """True when ``path`` holds both bge-m3 head files next to the encoder."""
-    return all((path / name).is_file() for name in HEAD_FILES)
 
 
 @dataclass(frozen=True)
@@ -250,7 +246,7 @@ def load_m3_engine(key: EngineKey, path: Path, trust_remote_code: bool = False) 
         "colbert": _head(path / "colbert_linear.pt", hidden, None),
         "sparse": _head(path / "sparse_linear.pt", hidden, 1),
     })
-    max_length = key.max_length or _native_max_length(encoder.config, tokenizer)
+    max_length = key.max_length or native_max_length(encoder.config, tokenizer)
     return BGEM3Engine(key, model, tokenizer, max_length)
 
 
@@ -264,7 +260,7 @@ def _head(file: Path, hidden: int, out_features: int | None) -> Any:
             out_features is not None and weight.shape[0] != out_features):
         shape = None if weight is None else tuple(weight.shape)
         expected = f"({out_features or 'n'}, {hidden})"
-        raise ValueError(
+        raise WrongModelError(
             f"{str(file)!r} holds a weight of shape {shape}, but the encoder is {hidden} wide: "
             f"expected {expected}. The head files must come from the same bge-m3 checkpoint as the encoder."
         )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -26,6 +27,7 @@ import typer
 import lancedb_baai
 
 from . import _catalog, _device, _hub, _progress
+from ._inputs import check_query
 from ._report import text_table
 
 CHUNK = 256
@@ -114,11 +116,19 @@ def _errors(hint: Callable[[Exception], str] = lambda exc: "") -> Iterator[None]
         _fail(_message(exc) + (f"\n{extra}" if extra else ""))
 
 
+_FLAGS = {"name": "-m/--model", "device": "--device", "dtype": "--dtype", "batch_size": "--batch-size",
+          "normalize": "--normalize"}
+_KEYWORD_ADVICE = re.compile(r"\b(" + "|".join(_FLAGS) + r")=(?=\s)")
+
+
 def _message(exc: Exception) -> str:
+    """The error's message for a shell user: library keywords given as advice become CLI flags."""
     errors = getattr(exc, "errors", None)
     if callable(errors) and type(exc).__name__ == "ValidationError":  # pydantic: the message, not the dump
-        return "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errors())
-    return str(exc) or type(exc).__name__
+        text = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errors())
+    else:
+        text = str(exc) or type(exc).__name__
+    return _KEYWORD_ADVICE.sub(lambda m: _FLAGS[m.group(1)], text)
 
 
 def _silence_stdout() -> None:
@@ -127,14 +137,6 @@ def _silence_stdout() -> None:
         os.dup2(devnull, sys.stdout.fileno())
     except (OSError, ValueError, AttributeError):
         pass
-
-
-def _quiet_loading() -> None:
-    """No "Loading weights" bar from transformers on a pipeline's stderr, unless --verbose."""
-    if not _verbose:
-        from transformers.utils import logging as transformers_logging
-
-        transformers_logging.disable_progress_bar()
 
 
 def _check(check: Callable[[str], str]) -> Callable[[str], str]:
@@ -285,18 +287,23 @@ def _read_lines(source: Optional[str]) -> Iterator[str]:
     if source in (None, "-"):
         if sys.stdin.isatty():
             typer.echo("reading texts from the terminal, one per line; end with Ctrl-D", err=True)
-        yield from _texts(sys.stdin)
+        yield from _texts(sys.stdin.buffer, "stdin")
         return
     path = Path(source)
     if not path.is_file():
         _fail(f"input file {source!r} does not exist (pass a text file, '-' or nothing for stdin)")
-    with path.open(encoding="utf-8") as stream:
-        yield from _texts(stream)
+    with path.open("rb") as stream:
+        yield from _texts(stream, repr(source))
 
 
-def _texts(lines: Iterable[str]) -> Iterator[str]:
-    for line in lines:
-        line = line.rstrip("\r\n")
+def _texts(lines: Iterable[bytes], where: str) -> Iterator[str]:
+    """Non-blank lines decoded as UTF-8; a line that is not UTF-8 stops the run, named by number."""
+    for number, raw in enumerate(lines, 1):
+        try:
+            line = raw.decode("utf-8").rstrip("\r\n")
+        except UnicodeDecodeError as exc:
+            _fail(f"line {number} of {where} is not valid UTF-8 (byte {raw[exc.start]:#04x} at column "
+                  f"{exc.start + 1}); convert the input first, e.g. `iconv -f latin1 -t utf-8`")
         if line.strip():
             yield line
 
@@ -343,7 +350,6 @@ def embed(
     from .embeddings import BAAIEmbeddings
 
     with _errors(_offline_hint):
-        _quiet_loading()
         fn = BAAIEmbeddings(name=model, device=device, dtype=dtype, batch_size=batch_size, show_progress=False)
         fn.engine()  # a missing model fails here, before any input is read
         encode = fn.compute_query_embeddings if query else fn.generate_embeddings
@@ -376,11 +382,9 @@ def rerank(
     from .reranker import BAAIRerankFunction
 
     with _errors(_offline_hint):
-        _quiet_loading()
         fn = BAAIRerankFunction(name=model, device=device, dtype=dtype, batch_size=batch_size,
                                 normalize=normalize, show_progress=False)
-        if not query.strip():
-            _fail("--query is empty: pass the text the passages should be scored against")
+        check_query(query, "--query", "the text the passages should be scored against")
         fn.engine()  # a missing model fails here, before any input is read
         kept: list[dict[str, Any]] = []
 

@@ -16,9 +16,7 @@ asks, so filling two columns from one text column runs the encoder once.
 from __future__ import annotations
 
 import functools
-import os
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -27,17 +25,11 @@ from lancedb.embeddings import TextEmbeddingFunction, register
 from pydantic import field_validator
 
 from . import _catalog, _hub, _progress
+from ._arrow import multivector_array
 from ._config import EngineConfig
-from ._m3_engine import (
-    BGEM3Engine,
-    M3Output,
-    Output,
-    colbert_dims_from_file,
-    has_m3_heads,
-    want_colbert_with_every_pass,
-)
-from .embeddings import NoRetry, _dims, check_texts
-from .reranker import BAAIReranker, ReturnScore, check_query
+from ._inputs import NoRetry, check_queries, check_query, check_texts
+from ._m3_engine import BGEM3Engine, M3Output, Output, colbert_dims_from_file, want_colbert_with_every_pass
+from .reranker import BAAIReranker, ReturnScore, model_name_option
 
 __all__ = ["BGEM3ColbertEmbeddings", "BGEM3Embeddings", "BGEM3Reranker", "M3Output", "SPARSE_TYPE",
            "colbert_column", "fill_multivectors", "sparse_column"]
@@ -47,22 +39,6 @@ DEFAULT_WEIGHTS = (0.4, 0.2, 0.4)
 
 SPARSE_TYPE = pa.list_(pa.struct([pa.field("token_id", pa.int32()), pa.field("weight", pa.float32())]))
 """Arrow type of a sparse column: per row, the (token_id, weight) pairs sorted by token id."""
-
-
-def is_m3(name: str, revision: str | None = None) -> bool:
-    """True for bge-m3: the hub id in the catalog, or a directory that holds both m3 head files."""
-    if _hub.is_local(name):
-        return has_m3_heads(Path(os.path.expanduser(name)))
-    return _hub_is_m3(name, revision)
-
-
-@functools.lru_cache(maxsize=256)
-def _hub_is_m3(name: str, revision: str | None) -> bool:
-    spec = _catalog.lookup(name)
-    if spec is not None:
-        return spec.kind == "m3"
-    path = _hub.cached_dir(name, revision)
-    return path is not None and has_m3_heads(path)
 
 
 class _M3Config(EngineConfig):
@@ -121,7 +97,7 @@ class BGEM3Embeddings(_M3Config):
 
     def ndims(self) -> int:
         """Width of the dense vector, from the catalog or the config files (no weights loaded)."""
-        return _dims(self.name, self.revision)
+        return _catalog.vector_dims(self.name, self.revision)
 
     def encode(self, texts: Sequence[str], *, dense: bool = True, sparse: bool = False,
                colbert: bool = False) -> M3Output:
@@ -202,9 +178,7 @@ class BGEM3ColbertEmbeddings(NoRetry, _M3Config, TextEmbeddingFunction):
 
     def compute_query_embeddings(self, query: str, *args, **kwargs) -> list[list[np.ndarray]]:
         """A query's token vectors, for multi-vector search (bge-m3 uses no query instruction)."""
-        queries = check_texts(self.sanitize_input(query), "query")
-        if any(not q.strip() for q in queries):
-            raise ValueError("query is empty: pass the text to search for")
+        queries = check_queries(self.sanitize_input(query))
         return self.generate_embeddings(queries)
 
     def generate_embeddings(self, texts: Sequence[str], *args, **kwargs) -> list[list[np.ndarray]]:
@@ -236,11 +210,7 @@ def colbert_column(texts: Sequence[str], function: EngineConfig) -> pa.Array:
     """
     vectors = _outputs_of(function, texts, {"colbert"}).colbert
     dims = vectors[0].shape[1] if vectors else _engine_of(function).colbert_dims
-    offsets = np.zeros(len(vectors) + 1, dtype=np.int32)
-    np.cumsum([len(v) for v in vectors], out=offsets[1:])
-    flat = np.concatenate(vectors).reshape(-1) if vectors else np.empty(0, dtype=np.float32)
-    rows = pa.FixedSizeListArray.from_arrays(pa.array(flat, type=pa.float32()), dims)
-    return pa.ListArray.from_arrays(pa.array(offsets), rows)
+    return multivector_array(vectors, dims)
 
 
 def sparse_column(texts: Sequence[str], function: EngineConfig) -> pa.Array:
@@ -340,7 +310,7 @@ class BGEM3Reranker(BAAIReranker):
     Parameters
     ----------
     model_name : str, default "BAAI/bge-m3"
-        Hub id or local directory of a bge-m3 snapshot.
+        Hub id or local directory of a bge-m3 snapshot; ``name=`` means the same.
     column : str, default "text"
         The result column that holds the passage text.
     return_score : {"relevance", "all"}, default "relevance"
@@ -352,12 +322,13 @@ class BGEM3Reranker(BAAIReranker):
         Engine options (device, dtype, batch_size, max_length, ...).
     """
 
-    def __init__(self, model_name: str = "BAAI/bge-m3", column: str = "text",
+    def __init__(self, model_name: str | None = None, column: str = "text",
                  return_score: ReturnScore = "relevance", *,
                  weights: tuple[float, float, float] = DEFAULT_WEIGHTS,
                  function: BGEM3Embeddings | None = None, **options: Any) -> None:
         if function is None:
-            function = BGEM3Embeddings(name=model_name, weights=weights, **options)
+            name = model_name_option(model_name, options, "BAAI/bge-m3")
+            function = BGEM3Embeddings(name=name, weights=weights, **options)
         super().__init__(column=column, return_score=return_score, function=function)
 
     def __repr__(self) -> str:

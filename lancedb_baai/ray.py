@@ -32,6 +32,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ._arrow import vector_array
 from ._cache import CACHE
 from ._config import EngineConfig
 from .embeddings import BAAIEmbeddings
@@ -219,12 +220,6 @@ def string_column(batch: pa.Table, column: str, allow_blank: bool = True) -> pa.
             f"({_row(batch, row)}). bge models take non-empty strings only: fill or drop such rows."
         )
     return values
-
-
-def vector_array(matrix: np.ndarray) -> pa.FixedSizeListArray:
-    """An (n, dims) matrix as a ``fixed_size_list<float32>[dims]`` array, without a per-row copy."""
-    matrix = np.ascontiguousarray(matrix, dtype=np.float32)
-    return pa.FixedSizeListArray.from_arrays(pa.array(matrix.reshape(-1)), matrix.shape[1])
 
 
 def _is_string_type(kind: pa.DataType) -> bool:

@@ -7,24 +7,14 @@ from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 from lancedb.embeddings import EmbeddingFunction, register
 from lancedb.rerankers import Reranker
 
 from . import _progress
 from ._config import EngineConfig
-from .embeddings import NoRetry, check_texts
+from ._inputs import NoRetry, check_query, check_texts
 
 ReturnScore = Literal["relevance", "all"]
-
-
-def check_query(query: Any) -> str:
-    """The query as a non-empty string, or an error that says what was passed instead."""
-    if not isinstance(query, str):
-        raise ValueError(f"query must be a string to rerank against, got {type(query).__name__}")
-    if not query.strip():
-        raise ValueError("query is empty: pass the text the results should be reranked against")
-    return query
 
 
 @register("local-baai-rerank")
@@ -77,6 +67,21 @@ class BAAIRerankFunction(NoRetry, EngineConfig, EmbeddingFunction):
     ndims = _not_an_embedder
 
 
+def model_name_option(model_name: str | None, options: dict[str, Any], default: str) -> str:
+    """``model_name``, or ``name`` popped from ``options`` (the registered functions' keyword)."""
+    name = options.pop("name", None)
+    if model_name is not None and name is not None and model_name != name:
+        raise ValueError(f"model_name={model_name!r} and name={name!r} disagree: pass one of them")
+    return model_name or name or default
+
+
+def check_return_score(value: str) -> str:
+    """``return_score`` if LanceDB knows it, else an error listing the accepted values."""
+    if value not in ("relevance", "all"):
+        raise ValueError(f"return_score {value!r} is not supported; use 'relevance' or 'all'")
+    return value
+
+
 class BAAIReranker(Reranker):
     """Rerank LanceDB vector, full-text, hybrid and multi-vector results with a bge cross-encoder.
 
@@ -88,7 +93,8 @@ class BAAIReranker(Reranker):
     Parameters
     ----------
     model_name : str, default "BAAI/bge-reranker-base"
-        Hub id or local directory of a bge-reranker model.
+        Hub id or local directory of a bge-reranker model (LanceDB's rerankers call it
+        ``model_name``); ``name=``, the keyword of the registered functions, means the same.
     column : str, default "text"
         The result column that holds the passage text.
     return_score : {"relevance", "all"}, default "relevance"
@@ -98,11 +104,14 @@ class BAAIReranker(Reranker):
         Engine options of :class:`BAAIRerankFunction` (device, dtype, normalize, batch_size, ...).
     """
 
-    def __init__(self, model_name: str = "BAAI/bge-reranker-base", column: str = "text",
+    def __init__(self, model_name: str | None = None, column: str = "text",
                  return_score: ReturnScore = "relevance", *,
                  function: BAAIRerankFunction | None = None, **options: Any) -> None:
-        super().__init__(return_score)
-        self.function = function if function is not None else BAAIRerankFunction(name=model_name, **options)
+        super().__init__(check_return_score(return_score))
+        if function is None:
+            function = BAAIRerankFunction(
+                name=model_name_option(model_name, options, "BAAI/bge-reranker-base"), **options)
+        self.function = function
         self.column = column
 
     def __repr__(self) -> str:

@@ -164,12 +164,12 @@ def test_download_offline_fails_with_a_clear_message(run, empty_hub):
 def test_verbose_logs_model_loads(run, st_model):
     result = run("--verbose", "embed", "-m", str(st_model), input="x\n")
     assert result.exit_code == 0, result.output
-    assert f"lancedb_baai._engine: loaded embed model {st_model}" in result.stderr
+    assert f"lancedb_baai._loading: loaded embed model {st_model}" in result.stderr
     lancedb_baai.release()
     before = lancedb_baai.load_count()
     quiet = run("embed", "-m", str(st_model), input="x\n")
     assert quiet.exit_code == 0 and lancedb_baai.load_count() == before + 1  # loaded again, silently
-    assert "lancedb_baai._engine" not in quiet.stderr
+    assert "lancedb_baai._loading" not in quiet.stderr
 
 
 def test_verbose_shows_the_traceback(run, empty_hub):

@@ -345,6 +345,7 @@ def test_empty_query_is_a_clear_error(query, st_model):
         make(st_model).compute_query_embeddings(query)
 
 
-def test_non_string_query_is_a_clear_error(st_model):
-    with pytest.raises(ValueError, match="query at row 0 is null"):
-        make(st_model).compute_query_embeddings([None])
+@pytest.mark.parametrize("query, shown", [([None], "NoneType"), ([{"a": 1}], "dict"), ([3], "int")])
+def test_non_string_query_is_a_clear_error(st_model, query, shown):
+    with pytest.raises(ValueError, match=f"query must be a string, got {shown}"):
+        make(st_model).compute_query_embeddings(query)

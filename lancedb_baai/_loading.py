@@ -1,0 +1,154 @@
+"""The engine factory: from a cache key to a loaded engine, one loader per kind of model.
+
+Loading is where a model's files meet this process, so it is also where the package
+refuses what it should not run (remote code nobody allowed here) and turns a broken
+model directory into an error that names the file and what to do.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from . import _hub
+from ._device import torch_dtype
+from ._engine import BAAIEmbeddingEngine, BAAIRerankEngine, _TorchEngine, native_max_length
+from ._m3_engine import load_m3_engine
+
+if TYPE_CHECKING:
+    from ._cache import EngineKey
+
+logger = logging.getLogger(__name__)
+
+Loader = Callable[["EngineKey", Path, bool], _TorchEngine]
+
+ALLOW_REMOTE_CODE_ENV = "LANCEDB_BAAI_ALLOW_REMOTE_CODE"
+_allowed_remote_code: set[str] = set()
+
+
+def allow_remote_code(*names: str) -> None:
+    """Let this process run the Python code that the models ``names`` ship (``trust_remote_code``).
+
+    A configuration, including one rebuilt from a table's metadata that someone else
+    wrote, can ask for ``trust_remote_code=True``; it only takes effect for models allowed
+    here or in the ``LANCEDB_BAAI_ALLOW_REMOTE_CODE`` environment variable (comma-separated
+    names, or ``*`` for any). bge models need no remote code.
+    """
+    _allowed_remote_code.update(_hub.model_id(name) for name in names)
+
+
+def remote_code_allowed(model: str) -> bool:
+    """True when this process allowed remote code for ``model`` (a cache model id)."""
+    listed = {item.strip() for item in os.environ.get(ALLOW_REMOTE_CODE_ENV, "").split(",") if item.strip()}
+    return "*" in listed or model in _allowed_remote_code or model in {_hub.model_id(n) for n in listed}
+
+
+def load_engine(key: EngineKey, trust_remote_code: bool = False, show_progress: bool = False) -> _TorchEngine:
+    """Build the engine ``key`` names: resolve files, load weights, move to device and dtype.
+
+    One INFO log line per load; third-party progress bars only with ``show_progress``.
+    """
+    if trust_remote_code and not remote_code_allowed(key.model):
+        raise PermissionError(
+            f"model {key.model!r} asks for trust_remote_code=True (its configuration, possibly "
+            "a table's stored metadata, says so), which would run Python code from the model's "
+            f"files. Allow it in this process with lancedb_baai.allow_remote_code({key.model!r}) "
+            f"or {ALLOW_REMOTE_CODE_ENV}={key.model}, or drop trust_remote_code."
+        )
+    start = time.perf_counter()
+    path = _hub.resolve(key.model, key.revision)
+    with _quiet(show_progress), _hub.explain_broken(path):
+        engine = _LOADERS[key.kind](key, path, trust_remote_code)
+    engine.model.to(device=key.device, dtype=torch_dtype(key.dtype)).eval()
+    logger.info("loaded %s model %s on %s as %s in %.2fs", key.kind, key.model, key.device,
+                key.dtype, time.perf_counter() - start)
+    return engine
+
+
+@contextmanager
+def _quiet(show_progress: bool) -> Iterator[None]:
+    """No transformers progress bar or load report during a load unless asked for."""
+    from transformers.utils import logging as hf_logging
+
+    bar_was_on, verbosity = hf_logging.is_progress_bar_enabled(), hf_logging.get_verbosity()
+    if not show_progress:
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        if bar_was_on:
+            hf_logging.enable_progress_bar()
+        hf_logging.set_verbosity(verbosity)
+
+
+def _load_embedder(key: EngineKey, path: Path, trust_remote_code: bool) -> BAAIEmbeddingEngine:
+    if _hub.architectures(path, "ForSequenceClassification"):
+        raise _hub.WrongModelError(
+            f"{str(path)!r} is a cross-encoder reranker, not an embedding model. Use it with "
+            "'local-baai-rerank' / BAAIReranker, and give 'local-baai' a bge embedder."
+        )
+    if (path / "modules.json").is_file():
+        return _load_st_embedder(key, path, trust_remote_code)
+    return _load_plain_embedder(key, path, trust_remote_code)
+
+
+def _load_st_embedder(key: EngineKey, path: Path, trust_remote_code: bool) -> BAAIEmbeddingEngine:
+    """A sentence-transformers layout, its modules (pooling, dense, normalize) as written."""
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(str(path), device="cpu", trust_remote_code=trust_remote_code,
+                                local_files_only=True)
+    if key.max_length is not None:
+        model.max_seq_length = key.max_length
+    dims = _hub.embedding_dims(path)
+    return BAAIEmbeddingEngine(key, model, model.tokenizer, model.max_seq_length, dims,
+                               lambda batch: model(batch)["sentence_embedding"])
+
+
+def _load_plain_embedder(key: EngineKey, path: Path, trust_remote_code: bool) -> BAAIEmbeddingEngine:
+    """A plain transformers export: bge's CLS pooling on the last hidden state."""
+    from transformers import AutoModel, AutoTokenizer
+
+    model = AutoModel.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+    tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+    max_length = key.max_length or native_max_length(model.config, tokenizer)
+    return BAAIEmbeddingEngine(key, model, tokenizer, max_length, model.config.hidden_size,
+                               lambda batch: model(**batch).last_hidden_state[:, 0])
+
+
+def _load_reranker(key: EngineKey, path: Path, trust_remote_code: bool) -> BAAIRerankEngine:
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    _check_cross_encoder(path)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        str(path), trust_remote_code=trust_remote_code)
+    tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+    max_length = key.max_length or min(512, native_max_length(model.config, tokenizer))
+    return BAAIRerankEngine(key, model, tokenizer, max_length)
+
+
+def _check_cross_encoder(path: Path) -> None:
+    """Refuse an embedder or a multi-label classifier before loading it as a reranker."""
+    config = _hub.read_json(path / "config.json")
+    architectures = config.get("architectures") or []
+    if not _hub.architectures(path, "ForSequenceClassification"):
+        raise _hub.WrongModelError(
+            f"{str(path)!r} is an embedding model ({', '.join(architectures) or 'no classifier head'}), "
+            "not a cross-encoder reranker. Use it with 'local-baai' for embeddings, and give "
+            "the reranker a bge-reranker model such as 'BAAI/bge-reranker-base'."
+        )
+    labels = len(config.get("id2label") or {}) or config.get("num_labels", 1)
+    if labels != 1:
+        raise _hub.WrongModelError(
+            f"{str(path)!r} is a classifier with {labels} labels; a bge reranker has a single "
+            "relevance logit (num_labels=1). Pass a bge-reranker model directory."
+        )
+
+
+_LOADERS: dict[str, Loader] = {"embed": _load_embedder, "rerank": _load_reranker, "m3": load_m3_engine}
