@@ -10,12 +10,12 @@ from __future__ import annotations
 from ._cache import CACHE as _CACHE
 from ._loading import allow_remote_code
 from ._report import CacheInfo
+from ._version import __version__
 from .embeddings import BAAIEmbeddings
 from .lifecycle import loaded, preload, release, rollback, swap
 from .m3 import BGEM3ColbertEmbeddings, BGEM3Embeddings, BGEM3Reranker, fill_multivectors, sparse_column
 from .reranker import BAAIRerankFunction, BAAIReranker
 
-__version__ = "0.1.0"
 
 
 def cache_info() -> CacheInfo:

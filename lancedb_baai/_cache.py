@@ -72,12 +72,15 @@ class EngineCache:
         return engine
 
     def swap(self, key: EngineKey, new_key: EngineKey, loader: Loader,
-             check: Callable[[Any, Any], None] | None = None) -> dict[str, Any]:
-        """Serve ``key`` from the model of ``new_key`` from now on; the old engine is kept for rollback.
+             check: Callable[[Any, Any], None] | None = None, keep: int = 1) -> dict[str, Any]:
+        """Serve ``key`` from the model of ``new_key`` from now on, keeping ``keep`` old engines for rollback.
 
         The new engine is loaded before any lock callers wait on is taken; the switch is one
-        assignment, so calls in flight finish on the engine they already hold.
+        assignment, so calls in flight finish on the engine they already hold. Engines older
+        than the last ``keep`` are released, so a process that swaps daily does not grow.
         """
+        if keep < 0:
+            raise ValueError(f"keep={keep} must be 0 or more (old engines kept for rollback)")
         slot = self._slot(key)
         engine = self._load(slot, new_key, loader)
         with slot.lock:
@@ -87,6 +90,12 @@ class EngineCache:
             slot.history.append((old, slot.served))
             slot.engine, slot.served = engine, new_key.model
             slot.version += 1
+            dropped = slot.history[: max(0, len(slot.history) - keep)]
+            del slot.history[: len(dropped)]
+        if dropped:
+            dropped.clear()
+            old = None
+            _free_memory()
         return self._record(slot)
 
     def rollback(self, key: EngineKey) -> dict[str, Any]:
@@ -138,7 +147,8 @@ class EngineCache:
             "model": key.model, "served": slot.served or key.model, "kind": key.kind,
             "device": key.device, "dtype": key.dtype, "max_length": key.max_length,
             "revision": key.revision, "loads": slot.loads, "calls": slot.calls,
-            "version": slot.version, "loaded": slot.engine is not None, "pid": os.getpid(),
+            "version": slot.version, "loaded": slot.engine is not None, "rollback_depth": len(slot.history),
+            "pid": os.getpid(),
         }
 
     def _after_fork_in_child(self) -> None:

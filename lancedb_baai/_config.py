@@ -124,8 +124,8 @@ class EngineConfig(BaseModel):
 
     def provenance(self) -> dict[str, Any]:
         """Package version, and the device and dtype this process embeds with (and why)."""
-        from . import __version__
         from ._device import dtype_decision
+        from ._version import __version__
 
         device = resolve_device(self.device)
         dtype, why = dtype_decision(self.dtype, device)

@@ -33,7 +33,7 @@ def read_json(file: Path, expect: type = dict) -> Any:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BrokenModelError(
             f"cannot read {str(file)!r} ({type(exc).__name__}: {exc}). The model's files are "
-            "damaged or unreadable: copy or download the model again (`lancedb-baai download NAME`)."
+            "damaged or unreadable: copy or download the model again (`lancedb-baai download NAME`)"
         ) from exc
     if not isinstance(data, expect):
         raise BrokenModelError(f"{str(file)!r} holds a JSON {type(data).__name__}, not a {expect.__name__}: "
@@ -46,6 +46,38 @@ def architectures(path: Path, suffix: str) -> list[str]:
     return [a for a in read_json(path / "config.json").get("architectures") or [] if a.endswith(suffix)]
 
 
+_JSON_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+
+
+def check_files(path: Path) -> None:
+    """Refuse a model directory whose JSON files or ``*.safetensors`` headers are damaged (no weights read).
+
+    A safetensors file is an 8-byte header length, a JSON header giving each tensor's byte
+    range, then the data: a file shorter than the ranges it declares was cut off.
+    """
+    for name in _JSON_FILES:
+        if (path / name).is_file():
+            read_json(path / name)
+    for file in sorted(path.glob("*.safetensors")):
+        size = file.stat().st_size
+        with file.open("rb") as stream:
+            head = stream.read(8)
+            length = int.from_bytes(head, "little") if len(head) == 8 else -1
+            header = stream.read(length) if 0 < length <= size - 8 else b""
+        try:
+            tensors = json.loads(header)
+            need = 8 + length + max((t["data_offsets"][1] for k, t in tensors.items() if k != "__metadata__"),
+                                    default=0)
+        except (ValueError, KeyError, TypeError, IndexError):
+            need = None
+        if need is None or size < need:
+            what = "has no readable header" if need is None else f"is {size} bytes but its header declares {need}"
+            raise BrokenModelError(
+                f"weights file {str(file)!r} {what}: it is truncated or corrupt. Copy or download "
+                "the model again (`lancedb-baai download NAME`); nothing was written"
+            )
+
+
 @contextmanager
 def explain_broken(path: Path) -> Iterator[None]:
     """Turn a low-level failure while loading ``path`` into an error naming the files to check."""
@@ -53,7 +85,7 @@ def explain_broken(path: Path) -> Iterator[None]:
         yield
     except (BrokenModelError, WrongModelError, PermissionError, FileNotFoundError):
         raise
-    except (OSError, ValueError, RuntimeError, KeyError, EOFError) as exc:
+    except Exception as exc:  # noqa: BLE001 - safetensors, tokenizers and torch each raise their own types
         weights = sorted(p.name for p in path.glob("*") if p.suffix in (".safetensors", ".bin", ".pt"))
         raise BrokenModelError(
             f"cannot load the model in {str(path)!r}: {type(exc).__name__}: {exc}. Its files "

@@ -38,8 +38,12 @@ def check_query(query: Any, param: str = "query",
     return query
 
 
-def check_queries(queries: Sequence[Any]) -> list[str]:
-    """Search queries as non-empty strings (what LanceDB hands ``compute_query_embeddings``)."""
+def check_queries(query: Any) -> list[str]:
+    """What LanceDB hands ``compute_query_embeddings`` (a string, or a list of them) as a list.
+
+    Anything else, such as ``table.search({"a": 1})``, is refused rather than iterated.
+    """
+    queries = list(query) if isinstance(query, (list, tuple)) else [query]
     return [check_query(q, purpose="the text to search for") for q in queries]
 
 

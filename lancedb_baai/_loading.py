@@ -62,6 +62,7 @@ def load_engine(key: EngineKey, trust_remote_code: bool = False, show_progress: 
         )
     start = time.perf_counter()
     path = _hub.resolve(key.model, key.revision)
+    _hub.check_files(path)
     with _quiet(show_progress), _hub.explain_broken(path):
         engine = _LOADERS[key.kind](key, path, trust_remote_code)
     engine.model.to(device=key.device, dtype=torch_dtype(key.dtype)).eval()

@@ -62,7 +62,7 @@ class BAAIEmbeddings(NoRetry, EngineConfig, TextEmbeddingFunction):
 
     def compute_query_embeddings(self, query: str, *args, **kwargs) -> list[np.ndarray]:
         """Embed a search query, with bge's query instruction prepended."""
-        queries = check_queries(self.sanitize_input(query))
+        queries = check_queries(query)
         return self._embed([self.instruction() + q for q in queries])
 
     def generate_embeddings(self, texts: Sequence[str], *args, **kwargs) -> list[np.ndarray]:

@@ -74,12 +74,14 @@ def loaded(name: str, kind: EngineKind = "embed", **engine_options: Any) -> Iter
 
 
 def swap(name: str, new_name: str, kind: EngineKind = "embed", allow_dims_change: bool = False,
-         **engine_options: Any) -> dict[str, Any]:
+         keep: int = 1, **engine_options: Any) -> dict[str, Any]:
     """Serve function objects configured with ``name`` from ``new_name`` from now on.
 
     The new model loads while the old one keeps serving; the switch is atomic, calls in
     flight finish on the old engine, and a failed load leaves the old engine serving. An
     embedding swap that changes the vector width is refused unless ``allow_dims_change``.
+    ``keep`` old engines stay loaded for :func:`rollback` (1: the one before); older ones
+    are released with the same memory return as :func:`release`.
     """
     old, new = _config(name, kind, engine_options), _config(new_name, kind, engine_options)
 
@@ -90,11 +92,12 @@ def swap(name: str, new_name: str, kind: EngineKind = "embed", allow_dims_change
         if new_engine.dims != old_dims and not allow_dims_change:
             raise ValueError(
                 f"swap refused: {new_name!r} makes {new_engine.dims}-d vectors but {name!r} made "
-                f"{old_dims}-d ones already stored in tables. Pass allow_dims_change=True if the "
-                "tables will be re-embedded."
+                f"{old_dims}-d ones (old width {old_dims}, new width {new_engine.dims}), and tables "
+                "already store those. The old model keeps serving. Pass allow_dims_change=True if "
+                "the tables will be re-embedded."
             )
 
-    record = CACHE.swap(old.engine_key(), new.engine_key(), new._load, check)
+    record = CACHE.swap(old.engine_key(), new.engine_key(), new._load, check, keep=keep)
     if kind != "rerank":
         logger.warning("%r now serves embeddings for %r: vectors already stored were made by the "
                        "old model; re-embed them for consistent search.", new_name, name)

@@ -178,7 +178,7 @@ class BGEM3ColbertEmbeddings(NoRetry, _M3Config, TextEmbeddingFunction):
 
     def compute_query_embeddings(self, query: str, *args, **kwargs) -> list[list[np.ndarray]]:
         """A query's token vectors, for multi-vector search (bge-m3 uses no query instruction)."""
-        queries = check_queries(self.sanitize_input(query))
+        queries = check_queries(query)
         return self.generate_embeddings(queries)
 
     def generate_embeddings(self, texts: Sequence[str], *args, **kwargs) -> list[list[np.ndarray]]:
@@ -248,6 +248,7 @@ def fill_multivectors(table: Any, data: Any) -> pa.Table:
         The rows, with their source text column.
     """
     data = _as_arrow(data)
+    check_declared_functions(table)
     for column, conf in table.embedding_functions.items():
         if not isinstance(conf.function, BGEM3ColbertEmbeddings):
             continue
@@ -264,6 +265,36 @@ def fill_multivectors(table: Any, data: Any) -> pa.Table:
             data = data.drop_columns([column])
         data = data.append_column(pa.field(column, array.type), array)
     return data
+
+
+def check_declared_functions(table: Any) -> None:
+    """Refuse a table whose multi-vector column LanceDB dropped from its embedding functions.
+
+    A ``LanceModel`` that declares two ``VectorField``s on one ``SourceField`` (dense and
+    ColBERT from one text column) keeps only the function whose ``SourceField`` was used;
+    the other column would silently stay empty and fail at search time.
+    """
+    functions = table.embedding_functions
+    ours = [conf for conf in functions.values() if isinstance(conf.function, EngineConfig)]
+    orphans = [f.name for f in table.schema if f.name not in functions and _is_multivector(f.type)]
+    if not ours or not orphans:
+        return
+    source, function = ours[0].source_column, ours[0].function
+    raise ValueError(
+        f"column {orphans[0]!r} holds multi-vectors but has no embedding function: LanceDB keeps one "
+        f"function per SourceField, so a second VectorField on {source!r} is dropped. Declare both "
+        "with EmbeddingFunctionConfig instead:\n"
+        f"  colbert = get_registry().get('local-baai-m3-colbert').create(name={function.name!r})\n"
+        "  db.create_table(..., schema=Doc, embedding_functions=[\n"
+        f"      EmbeddingFunctionConfig(source_column={source!r}, vector_column={ours[0].vector_column!r}, "
+        "function=dense),\n"
+        f"      EmbeddingFunctionConfig(source_column={source!r}, vector_column={orphans[0]!r}, function=colbert)])"
+    )
+
+
+def _is_multivector(kind: pa.DataType) -> bool:
+    inner = kind.value_type if pa.types.is_list(kind) or pa.types.is_large_list(kind) else None
+    return inner is not None and pa.types.is_fixed_size_list(inner)
 
 
 def check_multivector_field(field: pa.Field, function: BGEM3ColbertEmbeddings) -> None:
