@@ -53,3 +53,22 @@ def resolve_with_fake_download(name: str, source: str, log: str, delay: float, s
     _hub._download = fake_hub_download(source, log, delay)
     time.sleep(max(0.0, start_at - time.time()))
     return str(_hub.resolve(name))
+
+
+def swap_rss_series(first: str, second: str, swaps: int) -> list[dict]:
+    """Swap back and forth ``swaps`` times without rollback; RSS (MiB) and rollback depth after each."""
+    import psutil
+
+    import lancedb_baai
+
+    fn = lancedb_baai.BAAIEmbeddings(name=first, dtype="float32")
+    fn.generate_embeddings(["warm up"])
+    process, series = psutil.Process(), []
+    for i in range(swaps):
+        record = lancedb_baai.swap(first, second if i % 2 == 0 else first, dtype="float32")
+        fn.generate_embeddings(["after a swap"])
+        series.append({"rss_mib": process.memory_info().rss / 2**20, "depth": record["rollback_depth"],
+                       "served": record["served"]})
+    lancedb_baai.rollback(first, dtype="float32")
+    series.append({"rolled_back_to": next(r["served"] for r in lancedb_baai.cache_info())})
+    return series

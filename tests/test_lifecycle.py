@@ -5,12 +5,14 @@ from __future__ import annotations
 import logging
 import multiprocessing as mp
 import os
+import shutil
 import stat
 import subprocess
 import sys
 import textwrap
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -219,3 +221,21 @@ def test_swap_under_load_drops_no_call(st_model, zh_model, tmp_path, cross_encod
         assert sum(np.allclose(got, ref, atol=1e-5) for ref in scores) == 1
     matches = [int(np.allclose(got, expected[1], atol=1e-5)) for got in results["embed"]]
     assert 1 in matches and matches[-1] == 0  # the new model served, then the rollback took effect
+
+
+@pytest.mark.slow
+def test_twenty_swaps_keep_memory_bounded(minilm, tmp_path):
+    """Only the engine rollback needs stays loaded: 20 swaps end within one model of the 2-swap level."""
+    import concurrent.futures
+    import multiprocessing
+
+    second = shutil.copytree(minilm, tmp_path / "minilm-copy")
+    weights = sum(f.stat().st_size for f in Path(minilm).rglob("*.safetensors")) / 2**20
+    ctx = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=ctx) as pool:
+        series = pool.submit(workers.swap_rss_series, str(minilm), str(second), 20).result(timeout=600)
+    *swaps, rolled = series
+    print("swap RSS series (MiB):", [round(s["rss_mib"]) for s in swaps])
+    assert [s["depth"] for s in swaps] == [1] * 20
+    assert swaps[-1]["rss_mib"] - swaps[1]["rss_mib"] < weights, (weights, [s["rss_mib"] for s in swaps])
+    assert rolled["rolled_back_to"] == os.path.realpath(second)  # the previous engine is still there
