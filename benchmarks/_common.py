@@ -153,7 +153,8 @@ def machine_info(**dtypes_used: Any) -> dict[str, Any]:
         "cuda_device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
     }
-    for dist in ("transformers", "sentence-transformers", "lancedb", "lancedb_baai", "tokenizers", "numpy"):
+    for dist in ("transformers", "sentence-transformers", "lancedb", "lancedb_baai", "tokenizers", "numpy",
+                 "pyarrow", "ray", "pylance"):
         info[dist.replace("-", "_")] = package_version(dist)
     info["dtypes_used"] = dtypes_used
     return info

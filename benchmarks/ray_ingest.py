@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import shutil
 import tempfile
 import time
@@ -69,15 +68,6 @@ def corpus(rows: int, tiny: bool) -> Any:
     records = records[:rows]
     return pa.table({"id": pa.array(range(len(records)), pa.int64()),
                      "topic": [r["topic"] for r in records], "text": [r["text"] for r in records]})
-
-
-def machine(dtype: str) -> dict[str, Any]:
-    import torch
-
-    versions = {name: _common.package_version(name) for name in ("ray", "lancedb", "pylance", "pyarrow")}
-    return {"cpu": _common.cpu_model(), "cores": os.cpu_count(), "torch": torch.__version__,
-            "torch_threads": torch.get_num_threads(), "dtype": dtype, "python": platform.python_version(),
-            **versions, "load_average_before": list(os.getloadavg())}
 
 
 def single_process(source: Any, uri: Path, function: Any) -> dict[str, Any]:
@@ -154,7 +144,7 @@ def main() -> dict[str, Any]:
         source = corpus(args.rows, tiny="tiny" in label)
         pq.write_table(source, workdir / "source.parquet")
         result = {"benchmark": "ray_ingest", "quick": args.quick, "model": label, "rows": source.num_rows,
-                  "batch_size": args.batch_size, "machine": machine(function.engine_key().dtype)}
+                  "batch_size": args.batch_size, "machine": _common.machine_info(**{"local-baai": function.engine_key().dtype})}
         result["table_add"] = single_process(source, workdir / "db", function)
         lancedb_baai.release()
         ray.init(address=args.address, include_dashboard=False, log_to_driver=False, configure_logging=False)

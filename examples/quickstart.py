@@ -22,7 +22,7 @@ import lancedb_baai
 from lancedb_baai import _hub
 from lancedb_baai.testing import python_reference_paragraphs
 
-QUERIES = ["how do I catch an exception", "what does the with statement do", "sort a list by a key"]
+QUERIES = ["how do I catch exceptions in python", "what does the with statement do", "sort a list by a key"]
 
 
 def pick(preferred: str, explicit: str | None) -> str | None:
@@ -76,18 +76,19 @@ def main() -> None:
 
     reranker_name = pick("BAAI/bge-reranker-base", args.reranker)
     reranker = lancedb_baai.BAAIReranker(reranker_name) if reranker_name else None
+    how = f"reranked by {reranker_name}" if reranker else "fused by reciprocal rank (LanceDB's default)"
+    print(f"hybrid search (vector + full-text), {how}:\n")
     for query in QUERIES:
-        search = table.search(query, query_type="hybrid" if reranker else "vector").limit(3)
+        search = table.search(query, query_type="hybrid").limit(3)
         if reranker:
             search = search.rerank(reranker)
         print(f"Q: {query}")
         for row in search.to_list():
-            score = f"relevance {row['_relevance_score']:.3f}" if reranker else f"distance {row['_distance']:.3f}"
-            print(f"  [{row['topic']}] {score}  {row['text'][:100]}")
+            print(f"  [{row['topic']}] relevance {row['_relevance_score']:.3f}  {row['text'][:100]}")
         print()
     if reranker is None:
-        print("No bge reranker is available locally, so results are not reranked. To rerank, run\n"
-              "  lancedb-baai download BAAI/bge-reranker-base   (on a machine with network)\n"
+        print("No bge reranker is available locally, so results are not reranked by a cross-encoder. To\n"
+              "rerank, run `lancedb-baai download BAAI/bge-reranker-base` (on a machine with network)\n"
               "or pass --reranker PATH to a local bge-reranker directory.\n")
     print("engines in this process:")
     print(lancedb_baai.cache_info())

@@ -83,7 +83,7 @@ def explain_broken(path: Path) -> Iterator[None]:
     """Turn a low-level failure while loading ``path`` into an error naming the files to check."""
     try:
         yield
-    except (BrokenModelError, WrongModelError, PermissionError, FileNotFoundError):
+    except (BrokenModelError, WrongModelError, PermissionError, FileNotFoundError, ImportError, MemoryError):
         raise
     except Exception as exc:  # noqa: BLE001 - safetensors, tokenizers and torch each raise their own types
         weights = sorted(p.name for p in path.glob("*") if p.suffix in (".safetensors", ".bin", ".pt"))

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -49,6 +51,30 @@ def execute(workdir: Path, timeout: int = 600):
     return nb
 
 
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.:/])/(?:tmp|work|home|root|usr|opt|var|private|Users)/[^\s'\"<>]*")
+
+
+def redact(nb, workdir: Path):
+    """Stored outputs without this machine's paths: the venv and the run's folder get placeholders."""
+    site = Path(pytest.__file__).resolve().parents[1]
+    replacements = [(str(site), "<site-packages>"), (str(Path(workdir).resolve()), "<workdir>"),
+                    (str(workdir), "<workdir>"), (tempfile.gettempdir(), "<tmp>")]
+
+    def clean(text: str) -> str:
+        for old, new in replacements:
+            text = text.replace(old, new)
+        return _ABSOLUTE_PATH.sub("<path>", text)
+
+    for cell in nb.cells:
+        for out in cell.get("outputs", []) if cell.cell_type == "code" else []:
+            if "text" in out:
+                out["text"] = clean(out["text"])
+            for mime, value in out.get("data", {}).items():
+                if mime.startswith("text/"):
+                    out["data"][mime] = clean(value if isinstance(value, str) else "".join(value))
+    return nb
+
+
 def _outputs(nb, mime: str) -> list[str]:
     return [str(out["data"][mime]) for cell in nb.cells if cell.cell_type == "code"
             for out in cell.get("outputs", []) if mime in out.get("data", {})]
@@ -76,6 +102,17 @@ def test_stored_notebook_is_executed_and_clean():
     assert [cell.execution_count for cell in code] == list(range(1, len(code) + 1)), "run top to bottom once"
     assert any("pip install" in cell.source for cell in nb.cells if cell.cell_type == "markdown")
     _check_outputs(nb)
+    stored = "".join(json.dumps(cell.get("outputs", [])) for cell in code)
+    assert not _ABSOLUTE_PATH.findall(stored), "store the notebook with redact(): it holds this machine's paths"
+    assert "Loading weights" not in stored and "Writing model shards" not in stored
+
+
+def test_redact_replaces_machine_paths(tmp_path):
+    import nbformat
+
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x")])
+    nb.cells[0].outputs = [nbformat.v4.new_output("stream", name="stdout", text=f"{tmp_path}/db and /work/x/y\n")]
+    assert redact(nb, tmp_path).cells[0].outputs[0]["text"] == "<workdir>/db and <path>\n"
 
 
 @pytest.mark.slow
@@ -89,7 +126,6 @@ def test_notebook_runs_offline(tmp_path, monkeypatch):
 
 if __name__ == "__main__":
     import argparse
-    import tempfile
 
     import nbformat
 
@@ -97,7 +133,7 @@ if __name__ == "__main__":
     parser.add_argument("--write", action="store_true", help="store the executed notebook in place")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        executed = execute(Path(tmp))
+        executed = redact(execute(Path(tmp)), Path(tmp))
     _check_outputs(executed)
     if args.write:
         nbformat.write(executed, NOTEBOOK)

@@ -341,7 +341,8 @@ def test_benchmark_quick_run(ray_session, tmp_path):
                           env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(out.read_text())
-    assert {"cpu", "cores", "torch", "dtype"} <= set(result["machine"])
+    assert {"cpu_model", "cpu_cores", "torch", "ray", "pylance"} <= set(result["machine"])
+    assert result["machine"]["dtypes_used"]["local-baai"] in ("float32", "bfloat16")
     for run in result["ray"]:
         assert run["loads"] == run["actors"]
         assert run["loads_per_actor"] == [1] * run["actors"]
