@@ -349,3 +349,19 @@ def test_bench_outside_a_source_checkout(run, tmp_path, monkeypatch):
 def test_benchmarks_dir_is_next_to_the_package():
     assert cli.benchmarks_dir().parent == cli.Path(lancedb_baai.__file__).resolve().parents[1]
     assert cli.benchmarks_dir().name == "benchmarks"
+
+
+def test_cli_errors_name_cli_flags_not_keywords(run, tmp_path):
+    result = run("embed", "-m", str(tmp_path / "missing-model"), input="x\n")
+    assert result.exit_code == 1
+    assert "Pass -m/--model a directory" in result.stderr and "name=" not in result.stderr
+
+
+@pytest.mark.parametrize("command", ["embed", "rerank"])
+def test_input_that_is_not_utf8_is_named_by_line(run, st_model, cross_encoder, command):
+    model = st_model if command == "embed" else cross_encoder
+    args = [command, "-m", str(model)] + (["-q", "sort"] if command == "rerank" else [])
+    result = CliRunner().invoke(cli.app, args, input=b"fine line\ncaf\xe9 latin-1\n")
+    assert result.exit_code == 1
+    assert "line 2 of stdin is not valid UTF-8 (byte 0xe9 at column 4)" in result.stderr
+    assert "iconv" in result.stderr and "Traceback" not in result.output

@@ -400,3 +400,28 @@ def test_example_runs(tmp_path):
     batches = len(list(plan_batches(lengths, 32, pass_tokens=pass_cost("cpu"))))
     assert f" {batches} forward passes for two embedding columns" in done.stdout
     assert done.stdout.count("_relevance_score=") == 3
+
+
+def test_second_vectorfield_on_one_sourcefield_is_caught(tmp_path, m3_model):
+    """The natural two-VectorField schema loses the ColBERT function; fill_multivectors says how to declare it."""
+    dense, colbert_fn = functions(m3_model)
+
+    class Doc(LanceModel):
+        text: str = dense.SourceField()
+        vector: Vector(dense.ndims()) = dense.VectorField()
+        colbert: MultiVector(colbert_fn.ndims()) = colbert_fn.VectorField()
+
+    table = lancedb.connect(tmp_path / "db").create_table("docs", schema=Doc)
+    assert list(table.embedding_functions) == ["vector"]  # what LanceDB keeps of that schema
+    with pytest.raises(ValueError) as info:
+        fill_multivectors(table, [{"text": "sort a list"}])
+    message = str(info.value)
+    assert "column 'colbert' holds multi-vectors but has no embedding function" in message
+    assert "EmbeddingFunctionConfig(source_column='text', vector_column='colbert', function=colbert)" in message
+    assert table.count_rows() == 0
+
+
+def test_two_function_configs_pass_the_declaration_check(tmp_path, m3_model):
+    _, table = two_column_table(tmp_path, m3_model)
+    table.add(fill_multivectors(table, [{"text": "sort a list"}]))
+    assert table.count_rows() == 1
