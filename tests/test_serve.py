@@ -359,26 +359,25 @@ def test_swap_and_rollback_under_load_drop_nothing(server, sharp_st_model, zh_mo
         {"served": str(sharp_st_model), "version": 2, "history": []}
 
 
-def test_restart_after_a_swap_serves_the_swapped_model(tmp_path, st_model, zh_model):
-    args = ["--embed", st_model, "--dtype", "float32", "--state-dir", tmp_path / "state"]
-    first = Server(args, tmp_path / "first.log").start()
+def test_restart_after_a_swap_serves_the_swapped_model(server, sharp_st_model, zh_model):
+    """Last in the file: it stops the module's server and starts it again on the same state dir."""
+    swapped = server.post("/admin/swap", {"model": str(sharp_st_model), "new_model": str(zh_model)},
+                          headers=server.admin())
+    assert swapped.status_code == 200 and swapped.json()["version"] == 3, swapped.text
+    server.stop()
+    assert "Application shutdown complete" in server.log()  # SIGTERM drained, then the engines were released
+    again = Server(server.args, server.log_path.with_name("restarted.log")).start()
     try:
-        swapped = first.post("/admin/swap", {"model": str(st_model), "new_model": str(zh_model)},
-                             headers=first.admin())
-        assert swapped.status_code == 200, swapped.text
-    finally:
-        first.stop()
-    assert "Application shutdown complete" in first.log()  # SIGTERM drained, then the engines were released
-    second = Server(args, tmp_path / "second.log").start()
-    try:
-        (model,) = second.get("/v1/models").json()["data"]
-        assert (model["id"], model["served"], model["version"]) == (str(st_model), str(zh_model), 1)
-        response = embed(second, ["after the restart"], st_model, encoding_format="float")
-        assert response.headers["x-model-version"] == f"{zh_model}@1"
+        models = {m["id"]: m for m in again.get("/v1/models").json()["data"]}
+        model = models[str(sharp_st_model)]
+        assert (model["served"], model["version"]) == (str(zh_model), 3)
+        assert models[ALIAS]["served"] == str(sharp_st_model)  # never swapped: the command line's model
+        response = embed(again, ["after the restart"], sharp_st_model, encoding_format="float")
+        assert response.headers["x-model-version"] == f"{zh_model}@3"
         np.testing.assert_allclose(response.json()["data"][0]["embedding"],
                                    local_embedder(zh_model).generate_embeddings(["after the restart"])[0], atol=1e-5)
-        assert second.engines()["load_count"] == 1  # only the recorded model, not the command line's
-        back = second.post("/admin/rollback", {"model": str(st_model)}, headers=second.admin())
-        assert back.status_code == 200 and back.json()["served"] == str(st_model)  # history survives too
+        assert again.engines()["load_count"] == 3  # zh, the alias's model and the reranker: not the swapped-out one
+        back = again.post("/admin/rollback", {"model": str(sharp_st_model)}, headers=again.admin())
+        assert back.status_code == 200 and back.json()["served"] == str(sharp_st_model)  # history survives too
     finally:
-        second.stop()
+        again.stop()
