@@ -431,7 +431,6 @@ def serve(
     from .serve import ADMIN_TOKEN_ENV, ModelOptions, ServeConfig, run
 
     with _errors(_offline_hint):
-        _quiet_loading()
         options = {"device": device, "dtype": dtype, "max_length": max_length, "batch_size": batch_size}
         models = [ModelOptions.parse("embed", spec, **options) for spec in embed or []]
         models += [ModelOptions.parse("rerank", spec, **options) for spec in rerank or []]

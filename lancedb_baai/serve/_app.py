@@ -23,8 +23,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..embeddings import check_texts
-from ..reranker import check_query
+from .._inputs import check_query, check_texts
 from ._batcher import Overloaded, TooLong
 from ._service import Service, ServeError, ServedModel
 from ._settings import ADMIN_TOKEN_ENV, ServeConfig
