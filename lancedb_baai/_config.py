@@ -38,6 +38,8 @@ class EngineConfig(BaseModel):
     max_length: int | None = Field(default=None, gt=0)
     trust_remote_code: bool = False
     show_progress: bool | None = None
+    url: str | None = None
+    """A ``lancedb-baai serve`` server to run the model on instead of this process (no torch here)."""
 
     @model_validator(mode="before")
     @classmethod

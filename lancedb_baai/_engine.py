@@ -48,6 +48,18 @@ class _TorchEngine:
 
     _truncation: str | bool = True
 
+    def token_counts(self, texts: Sequence[str], pair_with: Sequence[str] | None = None) -> list[int]:
+        """Tokens per input before truncation (special tokens included; pairs: ``pair_with[i]``, text i).
+
+        What a server needs to fill a token budget and to refuse inputs over ``max_length``.
+        """
+        if not texts:
+            return []
+        args = (list(pair_with), list(texts)) if pair_with is not None else (list(texts),)
+        with self._tokenizer_lock:
+            encoded = self.tokenizer(*args, truncation=False, padding=False, verbose=False)
+        return [len(ids) for ids in encoded["input_ids"]]
+
     def _batches(self, features: dict[str, list], batch_size: int, progress: bool, desc: str):
         """Yield (indices, padded tensors on device) in length order; indices restore order."""
         lengths = [len(ids) for ids in features["input_ids"]]

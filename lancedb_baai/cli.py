@@ -400,6 +400,46 @@ def rerank(
             sys.stdout.write(json.dumps(record, ensure_ascii=False) + "\n")
 
 
+@app.command()
+def serve(
+    embed: Optional[list[str]] = typer.Option(None, "--embed", help="Embedding model to serve (repeatable): "
+                                              "NAME, or ALIAS=NAME to serve it under the model id ALIAS."),
+    rerank: Optional[list[str]] = typer.Option(None, "--rerank", help="Reranker to serve (repeatable), NAME or ALIAS=NAME."),
+    device: str = _DEVICE,
+    dtype: str = _DTYPE,
+    max_length: Optional[int] = typer.Option(None, "--max-length", min=1, help="Token limit (default: the model's)."),
+    batch_size: int = _BATCH,
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
+    port: int = typer.Option(8000, "--port", min=0, max=65535),
+    workers: int = typer.Option(1, "--workers", min=1, help="Processes; more than 1 runs gunicorn, models preloaded."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="torch threads per worker (default: cores / workers)."),
+    state_dir: Optional[Path] = typer.Option(None, "--state-dir", help="Records swaps; a restart serves the last good models."),
+    micro_batching: bool = typer.Option(True, "--micro-batching/--no-micro-batching",
+                                        help="Merge concurrent requests into shared forward passes."),
+    batch_wait_ms: float = typer.Option(2.0, "--batch-wait-ms", min=0, help="Longest wait for requests to merge."),
+    max_queue: int = typer.Option(256, "--max-queue", min=1, help="Waiting requests per model before 503."),
+    max_texts: int = typer.Option(512, "--max-texts", min=1, help="Texts per request (413 beyond)."),
+    max_chars: int = typer.Option(100_000, "--max-chars", min=1, help="Characters per text (413 beyond)."),
+) -> None:
+    """Serve embedders and rerankers over HTTP (OpenAI-compatible /v1/embeddings, /rerank, /metrics).
+
+    Admin routes (/admin/swap, /admin/rollback, /admin/engines) are on only when
+    LANCEDB_BAAI_ADMIN_TOKEN is set; they need `Authorization: Bearer <token>`.
+
+    Example: `lancedb-baai serve --embed BAAI/bge-small-en-v1.5 --rerank BAAI/bge-reranker-base --port 8000`
+    """
+    from .serve import ADMIN_TOKEN_ENV, ModelOptions, ServeConfig, run
+
+    with _errors(_offline_hint):
+        options = {"device": device, "dtype": dtype, "max_length": max_length, "batch_size": batch_size}
+        models = [ModelOptions.parse("embed", spec, **options) for spec in embed or []]
+        models += [ModelOptions.parse("rerank", spec, **options) for spec in rerank or []]
+        run(ServeConfig(models=models, host=host, port=port, workers=workers, threads=threads,
+                        state_dir=state_dir, admin_token=os.environ.get(ADMIN_TOKEN_ENV),
+                        micro_batching=micro_batching, batch_wait_ms=batch_wait_ms, max_queue=max_queue,
+                        max_texts=max_texts, max_chars=max_chars))
+
+
 # --------------------------------------------------------------------------------------- bench
 
 def benchmarks_dir() -> Path:

@@ -34,6 +34,9 @@ class BAAIEmbeddings(NoRetry, EngineConfig, TextEmbeddingFunction):
         Token limit; None is the model's own (512 for bge v1.5, 8192 for bge-m3).
     show_progress : bool or None, default None
         Progress bar; None shows one for large inputs in interactive sessions only.
+    url : str or None, default None
+        Embed through a ``lancedb-baai serve`` server at this address instead of loading the
+        model here; ``name`` must be a model id that server serves.
 
     Examples
     --------
@@ -48,6 +51,10 @@ class BAAIEmbeddings(NoRetry, EngineConfig, TextEmbeddingFunction):
 
     def ndims(self) -> int:
         """Vector width, from the catalog or the model's config files: no weights are loaded."""
+        if self.url:
+            from .serve import client
+
+            return client.model(self.url, self.name, "embed")["dims"]
         return _catalog.vector_dims(self.name, self.revision)
 
     def _engine_kind(self) -> str:
@@ -70,6 +77,10 @@ class BAAIEmbeddings(NoRetry, EngineConfig, TextEmbeddingFunction):
         return self._embed(check_texts(texts))
 
     def _embed(self, texts: list[str]) -> list[np.ndarray]:
+        if self.url:
+            from .serve import client
+
+            return list(client.embed(self.url, self.name, texts, normalize=self.normalize))
         progress = _progress.wanted(self.show_progress, len(texts))
         vectors = self.engine().encode(texts, normalize=self.normalize, batch_size=self.batch_size,
                                        progress=progress)

@@ -35,6 +35,9 @@ class BAAIRerankFunction(NoRetry, EngineConfig, EmbeddingFunction):
     max_length : int or None, default None
         Tokens per (query, passage) pair; None is 512 (or the model's own limit if lower).
         The passage is truncated to fit, never the query (capped at 3/4 of the limit).
+    url : str or None, default None
+        Score through a ``lancedb-baai serve`` server at this address instead of loading the
+        model here; ``name`` must be a reranker id that server serves.
     """
 
     engine_kind = "rerank"
@@ -46,6 +49,10 @@ class BAAIRerankFunction(NoRetry, EngineConfig, EmbeddingFunction):
         check_query(query)
         passages = check_texts(passages, "passage",
                                advice="A cross-encoder scores strings only: fill or drop such passages.")
+        if self.url:
+            from .serve import client
+
+            return client.rerank(self.url, self.name, query, passages, raw_scores=not self.normalize).tolist()
         progress = _progress.wanted(self.show_progress, len(passages))
         scores = self.engine().score(query, passages, normalize=self.normalize,
                                      batch_size=self.batch_size, progress=progress)

@@ -40,7 +40,7 @@ def check_machine(machine: dict) -> None:
 
 
 def test_every_script_says_how_to_run_it():
-    for script in ("embed", "rerank", "loads", "gpu", "ray_ingest"):
+    for script in ("embed", "rerank", "loads", "gpu", "ray_ingest", "serve"):
         doc = (BENCHMARKS / f"{script}.py").read_text(encoding="utf-8").split('"""')[1]
         assert doc.startswith(f"Run with: .venv/bin/python benchmarks/{script}.py [--quick]"), script
 
@@ -132,3 +132,17 @@ def test_gpu_measurements_run_on_cpu(tmp_path):
         assert row["st_texts_per_s"] > 0 and row["ours_texts_per_s"] > 0 and row["embed_x"] > 0
         assert row["ours_passes_per_call"] >= data["corpus"]["texts"] / row["batch_size"]
         assert row["st_rerank_4_ms"] > 0 and row["ours_rerank_4_ms"] > 0
+
+
+def test_serve_quick(tmp_path):
+    data, stdout = run_script("serve", tmp_path / "serve.json", "--duration", "1.5", "--clients", "2")
+    check_machine(data["machine"])
+    assert data["engine_in_process_texts_per_s"] > 0 and data["texts_per_request"] == 8
+    rows = data["results"]
+    assert [row["server"] for row in rows] == ["micro-batching", "no micro-batching", "naive (thread pool)"]
+    for row in rows:
+        assert row["errors"] == 0 and row["requests"] > 0 and row["texts_per_s"] > 0
+        assert row["p50_ms"] <= row["p95_ms"] <= row["p99_ms"]
+    swap = data["swap_during_load"]
+    assert swap["errors"] == 0 and [e["status"] for e in swap["events"]] == [200, 200]
+    assert "failed requests" in stdout

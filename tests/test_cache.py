@@ -295,7 +295,9 @@ def test_import_is_light():
         "from lancedb.embeddings import get_registry\n"
         "fn = get_registry().get('local-baai').create(name='BAAI/bge-small-en-v1.5', device='cpu')\n"
         "rr = get_registry().get('local-baai-rerank').create(name='BAAI/bge-reranker-base')\n"
-        "heavy = ('torch', 'transformers', 'sentence_transformers', 'FlagEmbedding')\n"
+        "import lancedb_baai.serve, lancedb_baai.serve.client\n"
+        "heavy = ('torch', 'transformers', 'sentence_transformers', 'FlagEmbedding', 'fastapi', 'uvicorn',\n"
+        "         'starlette', 'prometheus_client')\n"
         "print(json.dumps({'dims': fn.ndims(), 'info': lancedb_baai.cache_info(),\n"
         "                  'heavy': sorted(m for m in sys.modules if m.split('.')[0] in heavy)}))\n"
     )

@@ -1,4 +1,4 @@
-"""The FastAPI serving example: preload, /embed, /rerank and the admin-only swap."""
+"""examples/server.py: create_app inside a user's own ASGI module, served in-process."""
 
 from __future__ import annotations
 
@@ -14,32 +14,22 @@ pytest.importorskip("fastapi")
 pytest.importorskip("httpx")
 
 
-@pytest.fixture
-def client(st_model, cross_encoder, monkeypatch):
+def test_example_app_serves_the_preloaded_models(st_model, cross_encoder, monkeypatch):
     from fastapi.testclient import TestClient
 
     monkeypatch.setenv("LANCEDB_BAAI_EMBED", str(st_model))
     monkeypatch.setenv("LANCEDB_BAAI_RERANK", str(cross_encoder))
-    monkeypatch.setenv("LANCEDB_BAAI_ADMIN_TOKEN", "secret")
+    monkeypatch.delenv("LANCEDB_BAAI_ADMIN_TOKEN", raising=False)
     monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "examples"))
     sys.modules.pop("server", None)
-    return TestClient(importlib.import_module("server").app)
-
-
-def test_server_preloads_and_serves(client, zh_model):
-    base = lancedb_baai.load_count()
-    assert len(lancedb_baai.cache_info()) == 2  # both models loaded at import, before any request
-    vectors = client.post("/embed", json={"texts": ["python", "a list"]}).json()["vectors"]
-    assert len(vectors) == 2 and len(vectors[0]) == 32
-    scores = client.post("/rerank", json={"query": "python", "passages": ["a", "b", "c"]}).json()["scores"]
-    assert len(scores) == 3
-    assert client.post("/rerank", json={"query": " ", "passages": ["a"]}).status_code == 422
-    assert lancedb_baai.load_count() == base
-
-    assert client.post("/admin/swap", json={"new_name": str(zh_model)}).status_code == 403
-    bad = client.post("/admin/swap", json={"new_name": "/no/such/model"}, headers={"x-admin-token": "secret"})
-    assert bad.status_code == 400 and "old model still serving" in bad.json()["detail"]
-    ok = client.post("/admin/swap", json={"new_name": str(zh_model)}, headers={"x-admin-token": "secret"})
-    assert ok.status_code == 200 and ok.json()["version"] == 1
-    swapped = client.post("/embed", json={"texts": ["python", "a list"]}).json()["vectors"]
-    assert swapped != vectors
+    app = importlib.import_module("server").app
+    loads = lancedb_baai.load_count()
+    assert len(lancedb_baai.cache_info()) == 2  # loaded by create_app, before any request
+    with TestClient(app) as client:
+        vectors = client.post("/v1/embeddings", json={"input": ["python", "a list"]}).json()["data"]
+        assert len(vectors) == 2 and len(vectors[0]["embedding"]) == 32
+        ranked = client.post("/rerank", json={"query": "python", "texts": ["a", "b", "c"]}).json()
+        assert sorted(r["index"] for r in ranked) == [0, 1, 2]
+        assert client.post("/rerank", json={"query": " ", "texts": ["a"]}).status_code == 422
+        assert client.get("/admin/engines").status_code == 403  # no token configured: admin is off
+    assert lancedb_baai.load_count() == loads

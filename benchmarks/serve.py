@@ -1,0 +1,294 @@
+"""Run with: .venv/bin/python benchmarks/serve.py [--quick] [--duration 60] [--clients 1 8 32] [--plot results/serve.png]
+
+Load test of `lancedb-baai serve` on the packaged all-MiniLM-L6-v2: an async httpx load
+generator keeps 1, 8 and 32 clients busy for ``--duration`` seconds each, every request
+8 paragraphs of Python's reference docs. Contenders, each a server subprocess on a free
+127.0.0.1 port, run in rotation at each client count:
+
+- ``micro-batching``: `lancedb-baai serve` (concurrent requests merged into shared passes);
+- ``no micro-batching``: the same server with ``--no-micro-batching`` (one request per engine call);
+- ``naive``: the pattern of a hand-written FastAPI server, a sync route calling the function
+  object directly from the thread pool (one engine call per request, threads competing);
+- ``infinity``: infinity-emb serving the same folder, when ``--infinity PYTHON`` names an
+  interpreter that has it installed.
+
+The engine's own in-process rate (``encode`` of the same texts, batches of 32, no HTTP) is
+the mark. During the micro-batching run at the largest client count the model is swapped
+(to a copy of the same weights in another folder, so a real load happens) and rolled back;
+the failed requests of that run are reported. The load generator shares the machine with
+the servers, as a client on the same host would.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import _common
+from pydantic import BaseModel
+
+TOKEN = "benchmark-admin-token-0123456789"
+TEXTS_PER_REQUEST = 8
+
+
+def add_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--duration", type=float, default=None, help="seconds per point (default 60; --quick 2)")
+    parser.add_argument("--clients", type=int, nargs="+", default=None, help="client counts (default 1 8 32)")
+    parser.add_argument("--infinity", default=None, help="python of a venv with infinity-emb, to add it")
+    parser.add_argument("--naive-server", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--model", default=None, help=argparse.SUPPRESS)
+
+
+def naive_server(port: int, model: str) -> None:
+    """The naive baseline: a sync FastAPI route calling the function object per request."""
+    import uvicorn
+    from fastapi import FastAPI
+
+    import lancedb_baai
+
+    fn = lancedb_baai.BAAIEmbeddings(name=model)
+    lancedb_baai.preload(model)
+    app = FastAPI()
+
+    @app.post("/v1/embeddings")
+    def embed(body: NaiveBody) -> dict:
+        return {"data": [{"index": i, "embedding": v.tolist()} for i, v in enumerate(fn.generate_embeddings(body.input))]}
+
+    @app.get("/readyz")
+    def ready() -> dict:
+        return {"status": "ready"}
+
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
+
+
+class NaiveBody(BaseModel):
+    input: list[str]
+    model: str | None = None
+
+
+# ---------------------------------------------------------------- servers
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Contender:
+    def __init__(self, name: str, argv: list[str], model_id: str, log: Path, env: dict[str, str] | None = None):
+        self.name, self.argv, self.model_id, self.log = name, argv, model_id, log
+        self.env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **(env or {})}
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        argv = [a.replace("{port}", str(self.port)) for a in self.argv]
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=self.env)
+
+    def wait_ready(self, timeout: float = 300, path: str = "/readyz") -> None:
+        import httpx
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited: {self.log.read_text(errors='replace')[-3000:]}")
+            try:
+                if httpx.get(self.url + path, timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        raise RuntimeError(f"{self.name} not ready in {timeout}s")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+
+
+def serve_argv(model: str, state_dir: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "lancedb_baai", "serve", "--embed", model, "--host", "127.0.0.1",
+            "--port", "{port}", "--state-dir", str(state_dir), *extra]
+
+
+# ---------------------------------------------------------------- load
+
+
+async def load(url: str, model: str, clients: int, duration: float, requests: list[list[str]],
+               events: list[tuple[float, Any]] = ()) -> dict[str, Any]:
+    """``clients`` tasks posting back to back for ``duration`` s; ``events`` run at (fraction, coroutine fn)."""
+    import httpx
+
+    latencies: list[float] = []
+    errors: list[str] = []
+    versions: set[str] = set()
+    stop_at = time.perf_counter() + duration
+
+    async def client(i: int, http: httpx.AsyncClient) -> None:
+        n = i
+        while time.perf_counter() < stop_at:
+            texts = requests[n % len(requests)]
+            n += clients
+            start = time.perf_counter()
+            try:
+                r = await http.post("/v1/embeddings", json={"model": model, "input": texts})
+                if r.status_code != 200 or len(r.json()["data"]) != len(texts):
+                    errors.append(f"{r.status_code}: {r.text[:200]}")
+                    continue
+                versions.add(r.headers.get("x-model-version", ""))
+            except httpx.HTTPError as exc:
+                errors.append(repr(exc))
+                continue
+            latencies.append(time.perf_counter() - start)
+
+    async def scheduled(fraction: float, action) -> Any:
+        await asyncio.sleep(duration * fraction)
+        return await action()
+
+    limits = httpx.Limits(max_connections=clients + 4, max_keepalive_connections=clients + 4)
+    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as http:
+        begin = time.perf_counter()
+        results = await asyncio.gather(*(client(i, http) for i in range(clients)),
+                                       *(scheduled(f, a) for f, a in events))
+        elapsed = time.perf_counter() - begin
+    return {"requests": len(latencies), "errors": len(errors), "error_samples": errors[:3],
+            "requests_per_s": len(latencies) / elapsed, "texts_per_s": len(latencies) * TEXTS_PER_REQUEST / elapsed,
+            **_percentiles(latencies), "versions": sorted(versions), "events": results[clients:]}
+
+
+def _percentiles(latencies: list[float]) -> dict[str, float]:
+    if len(latencies) < 2:
+        value = latencies[0] * 1000 if latencies else float("nan")
+        return {"p50_ms": value, "p95_ms": value, "p99_ms": value}
+    q = statistics.quantiles(latencies, n=100, method="inclusive")
+    return {"p50_ms": q[49] * 1000, "p95_ms": q[94] * 1000, "p99_ms": q[98] * 1000}
+
+
+def admin_action(url: str, path: str, body: dict[str, Any]):
+    async def act() -> dict[str, Any]:
+        import httpx
+
+        start = time.perf_counter()
+        async with httpx.AsyncClient(base_url=url, timeout=300) as http:
+            r = await http.post(path, json=body, headers={"Authorization": f"Bearer {TOKEN}"})
+        return {"action": path, "status": r.status_code, "seconds": round(time.perf_counter() - start, 2)}
+
+    return act
+
+
+def engine_rate(model: str, requests: list[list[str]], seconds: float) -> float:
+    """Texts/s of the engine itself: ``encode`` in batches of 32, in this process, no HTTP."""
+    import lancedb_baai
+
+    engine = lancedb_baai.BAAIEmbeddings(name=model).engine()
+    texts = [t for r in requests for t in r]
+    engine.encode(texts[:32])
+    done, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        for i in range(0, len(texts), 256):
+            engine.encode(texts[i:i + 256], batch_size=32)
+            done += len(texts[i:i + 256])
+    return done / (time.perf_counter() - start)
+
+
+# ---------------------------------------------------------------- main
+
+
+def main() -> int:
+    args = _common.parse_args("serve", __doc__, add_args)
+    if args.naive_server is not None:
+        naive_server(args.naive_server, args.model)
+        return 0
+    duration = args.duration or (2.0 if args.quick else 60.0)
+    client_counts = args.clients or ([1, 8] if args.quick else [1, 8, 32])
+    model = _common.minilm_path()
+    paragraphs = _common.corpus(limit=64 if args.quick else 512)
+    requests = [paragraphs[i:i + TEXTS_PER_REQUEST] for i in range(0, len(paragraphs) - TEXTS_PER_REQUEST + 1,
+                                                                    TEXTS_PER_REQUEST)]
+    work = Path(tempfile.mkdtemp(prefix="lancedb-baai-bench-serve-"))
+    copy = str(shutil.copytree(model, work / "models" / "all-MiniLM-L6-v2-copy"))
+    contenders = [
+        Contender("micro-batching", serve_argv(model, work / "state-mb"), model, work / "mb.log",
+                  {"LANCEDB_BAAI_ADMIN_TOKEN": TOKEN}),
+        Contender("no micro-batching", serve_argv(model, work / "state-off", "--no-micro-batching"), model,
+                  work / "off.log"),
+        Contender("naive (thread pool)", [sys.executable, __file__, "--naive-server", "{port}", "--model", model],
+                  model, work / "naive.log"),
+    ]
+    if args.infinity:
+        contenders.append(Contender("infinity-emb", [args.infinity, "-m", "infinity_emb.cli", "v2", "--model-id",
+                                                     model, "--port", "{port}", "--host", "127.0.0.1"],
+                                    model, work / "infinity.log"))
+    print(f"starting {len(contenders)} servers (logs in {work}) ...", flush=True)
+    try:
+        for c in contenders:
+            c.start()
+        for c in contenders:
+            c.wait_ready(path="/health" if c.name == "infinity-emb" else "/readyz")
+        in_process = engine_rate(model, requests, min(duration, 10.0))
+        print(f"engine in process: {in_process:.1f} texts/s", flush=True)
+        rows = run_points(contenders, client_counts, duration, requests, copy, in_process)
+    finally:
+        for c in contenders:
+            c.stop()
+    swap_row = next(r for r in rows if r.get("events"))
+    print_results(rows, in_process, swap_row)
+    _common.write_json(args.out, {
+        "machine": _common.machine_info(server="float32 (auto on this CPU)"), "quick": args.quick,
+        "duration_s": duration, "texts_per_request": TEXTS_PER_REQUEST, "model": model,
+        "engine_in_process_texts_per_s": in_process, "results": rows,
+        "swap_during_load": {"errors": swap_row["errors"], "events": swap_row["events"],
+                             "versions": swap_row["versions"]},
+        "infinity": "measured" if args.infinity else "not measured: pass --infinity PYTHON of a venv with infinity-emb"})
+    _common.write_plot(args.plot, "lancedb-baai serve, texts/s (all-MiniLM-L6-v2, 8 texts per request)", [
+        (f"texts/s at {n} clients", [r["server"] for r in rows if r["clients"] == n] + ["engine in process"],
+         [r["texts_per_s"] for r in rows if r["clients"] == n] + [in_process]) for n in client_counts])
+    return 0
+
+
+def run_points(contenders: list[Contender], client_counts: list[int], duration: float,
+               requests: list[list[str]], copy: str, in_process: float) -> list[dict[str, Any]]:
+    rows = []
+    for clients in client_counts:
+        for c in contenders:  # contenders in rotation at each client count
+            events = []
+            if c.name == "micro-batching" and clients == max(client_counts):
+                events = [(1 / 3, admin_action(c.url, "/admin/swap", {"model": c.model_id, "new_model": copy})),
+                          (2 / 3, admin_action(c.url, "/admin/rollback", {"model": c.model_id}))]
+            print(f"  {c.name}: {clients} clients for {duration:g}s ...", flush=True)
+            result = asyncio.run(load(c.url, c.model_id, clients, duration, requests, events))
+            rows.append({"server": c.name, "clients": clients, **result,
+                         "vs_engine": result["texts_per_s"] / in_process})
+    return rows
+
+
+def print_results(rows: list[dict[str, Any]], in_process: float, swap_row: dict[str, Any]) -> None:
+    _common.print_table(f"\nserve: texts/s and latency (engine in process: {in_process:.1f} texts/s)", rows, [
+        ("server", "server", ""), ("clients", "clients", ""), ("requests_per_s", "req/s", ".1f"),
+        ("texts_per_s", "texts/s", ".1f"), ("vs_engine", "x engine", ".2f"), ("p50_ms", "p50 ms", ".0f"),
+        ("p95_ms", "p95 ms", ".0f"), ("p99_ms", "p99 ms", ".0f"), ("errors", "errors", "")])
+    print(f"swap + rollback during the {swap_row['clients']}-client micro-batching run: "
+          f"{swap_row['errors']} failed requests; {swap_row['events']}; versions seen {swap_row['versions']}",
+          flush=True)
+
+
+if __name__ == "__main__":
+    _common.run_main(main)
