@@ -8,7 +8,7 @@ model is first used. Models live in a per-process cache and load once per proces
 from __future__ import annotations
 
 from ._cache import CACHE as _CACHE
-from ._loading import allow_remote_code
+from ._trust import allow_remote_code, allow_url
 from ._report import CacheInfo
 from ._version import __version__
 from .embeddings import BAAIEmbeddings
@@ -34,5 +34,5 @@ def load_count() -> int:
 __all__ = [
     "BAAIEmbeddings", "BAAIRerankFunction", "BAAIReranker",
     "BGEM3Embeddings", "BGEM3ColbertEmbeddings", "BGEM3Reranker", "fill_multivectors", "sparse_column",
-    "allow_remote_code", "cache_info", "load_count", "preload", "release", "loaded", "swap", "rollback", "__version__",
+    "allow_remote_code", "allow_url", "cache_info", "load_count", "preload", "release", "loaded", "swap", "rollback", "__version__",
 ]

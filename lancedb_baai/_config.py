@@ -129,6 +129,8 @@ class EngineConfig(BaseModel):
         from ._device import dtype_decision
         from ._version import __version__
 
+        if self.url:  # the server decides; this process has no torch to ask
+            return {"version": __version__, "served_by": self.url}
         device = resolve_device(self.device)
         dtype, why = dtype_decision(self.dtype, device)
         return {"version": __version__, "device": device, "dtype": dtype, "dtype_reason": why}

@@ -8,14 +8,13 @@ model directory into an error that names the file and what to do.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import _hub
+from . import _hub, _trust
 from ._device import torch_dtype
 from ._engine import BAAIEmbeddingEngine, BAAIRerankEngine, _TorchEngine, native_max_length
 from ._m3_engine import load_m3_engine
@@ -27,38 +26,17 @@ logger = logging.getLogger(__name__)
 
 Loader = Callable[["EngineKey", Path, bool], _TorchEngine]
 
-ALLOW_REMOTE_CODE_ENV = "LANCEDB_BAAI_ALLOW_REMOTE_CODE"
-_allowed_remote_code: set[str] = set()
-
-
-def allow_remote_code(*names: str) -> None:
-    """Let this process run the Python code that the models ``names`` ship (``trust_remote_code``).
-
-    A configuration, including one rebuilt from a table's metadata that someone else
-    wrote, can ask for ``trust_remote_code=True``; it only takes effect for models allowed
-    here or in the ``LANCEDB_BAAI_ALLOW_REMOTE_CODE`` environment variable (comma-separated
-    names, or ``*`` for any). bge models need no remote code.
-    """
-    _allowed_remote_code.update(_hub.model_id(name) for name in names)
-
-
-def remote_code_allowed(model: str) -> bool:
-    """True when this process allowed remote code for ``model`` (a cache model id)."""
-    listed = {item.strip() for item in os.environ.get(ALLOW_REMOTE_CODE_ENV, "").split(",") if item.strip()}
-    return "*" in listed or model in _allowed_remote_code or model in {_hub.model_id(n) for n in listed}
-
-
 def load_engine(key: EngineKey, trust_remote_code: bool = False, show_progress: bool = False) -> _TorchEngine:
     """Build the engine ``key`` names: resolve files, load weights, move to device and dtype.
 
     One INFO log line per load; third-party progress bars only with ``show_progress``.
     """
-    if trust_remote_code and not remote_code_allowed(key.model):
+    if trust_remote_code and not _trust.remote_code_allowed(key.model):
         raise PermissionError(
             f"model {key.model!r} asks for trust_remote_code=True (its configuration, possibly "
             "a table's stored metadata, says so), which would run Python code from the model's "
             f"files. Allow it in this process with lancedb_baai.allow_remote_code({key.model!r}) "
-            f"or {ALLOW_REMOTE_CODE_ENV}={key.model}, or drop trust_remote_code."
+            f"or {_trust.ALLOW_REMOTE_CODE_ENV}={key.model}, or drop trust_remote_code."
         )
     start = time.perf_counter()
     path = _hub.resolve(key.model, key.revision)

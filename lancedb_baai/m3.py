@@ -47,6 +47,14 @@ class _M3Config(EngineConfig):
     engine_kind = "m3"
     name: str = "BAAI/bge-m3"
 
+    @field_validator("url")
+    @classmethod
+    def _no_url(cls, value: str | None) -> str | None:
+        if value is not None:
+            raise ValueError("url= is not supported by the bge-m3 functions: `lancedb-baai serve` serves "
+                             "dense embeddings and reranking; run bge-m3 in this process (drop url=)")
+        return value
+
 
 def _outputs_of(function: EngineConfig, texts: Sequence[str], want: set[Output]) -> M3Output:
     """The ``want`` outputs of ``texts`` from the bge-m3 engine ``function`` is configured for."""

@@ -17,7 +17,7 @@ from lancedb.pydantic import LanceModel, Vector
 
 import lancedb
 import lancedb_baai
-from lancedb_baai import _hub, _loading
+from lancedb_baai import _hub, _trust
 
 
 @pytest.fixture
@@ -142,7 +142,7 @@ SEARCH = textwrap.dedent("""
 
 
 def _search_in_fresh_process(db: Path, marker: Path, **env: str) -> str:
-    environ = {k: v for k, v in os.environ.items() if k != _loading.ALLOW_REMOTE_CODE_ENV}
+    environ = {k: v for k, v in os.environ.items() if k != _trust.ALLOW_REMOTE_CODE_ENV}
     environ.update(MARKER=str(marker), **env)
     out = subprocess.run([sys.executable, "-c", SEARCH, str(db)], capture_output=True, text=True,
                          timeout=180, env=environ)
@@ -156,7 +156,7 @@ def test_a_table_cannot_make_this_process_run_model_code(remote_code_table, tmp_
     marker = tmp_path / "marker"
     out = _search_in_fresh_process(db, marker)
     assert "PermissionError" in out and "trust_remote_code=True" in out
-    assert f"lancedb_baai.allow_remote_code({str(model)!r})" in out and _loading.ALLOW_REMOTE_CODE_ENV in out
+    assert f"lancedb_baai.allow_remote_code({str(model)!r})" in out and _trust.ALLOW_REMOTE_CODE_ENV in out
     assert not marker.exists()
 
 
@@ -164,17 +164,5 @@ def test_a_table_cannot_make_this_process_run_model_code(remote_code_table, tmp_
 def test_remote_code_runs_once_this_process_allows_that_model(remote_code_table, tmp_path):
     db, model = remote_code_table
     marker = tmp_path / "marker"
-    out = _search_in_fresh_process(db, marker, **{_loading.ALLOW_REMOTE_CODE_ENV: str(model)})
+    out = _search_in_fresh_process(db, marker, **{_trust.ALLOW_REMOTE_CODE_ENV: str(model)})
     assert "searched" in out and marker.read_text() == "remote code ran"
-
-
-def test_allow_remote_code_names_the_models_it_allows(tmp_path, monkeypatch):
-    monkeypatch.delenv(_loading.ALLOW_REMOTE_CODE_ENV, raising=False)
-    monkeypatch.setattr(_loading, "_allowed_remote_code", set())
-    model = str(tmp_path / "m")
-    assert not _loading.remote_code_allowed(_hub.model_id(model))
-    lancedb_baai.allow_remote_code(model)
-    assert _loading.remote_code_allowed(_hub.model_id(model))
-    assert not _loading.remote_code_allowed(_hub.model_id(str(tmp_path / "other")))
-    monkeypatch.setenv(_loading.ALLOW_REMOTE_CODE_ENV, "*")
-    assert _loading.remote_code_allowed("anything/else")

@@ -18,7 +18,7 @@ REGISTERED = ("local-baai", "local-baai-rerank", "local-baai-m3-colbert")
 
 
 @pytest.mark.parametrize("registered", REGISTERED)
-@pytest.mark.parametrize("typo", [{"dtpye": "float32"}, {"url": "http://127.0.0.1:1"}])
+@pytest.mark.parametrize("typo", [{"dtpye": "float32"}, {"uri": "http://127.0.0.1:1"}])
 def test_unknown_keyword_to_a_registered_function_is_refused(registered, typo):
     with pytest.raises(ValueError) as info:
         get_registry().get(registered).create(name="BAAI/bge-m3", **typo)
@@ -93,3 +93,9 @@ def test_options_written_by_a_newer_version_are_ignored_with_a_warning(table, ca
         functions = get_registry().parse_functions({b"embedding_functions": json.dumps(stored).encode()})
     assert functions["vector"].function.dtype == "float32"
     assert "option_from_the_future" in caplog.text and "9.0.0" in caplog.text
+
+
+@pytest.mark.parametrize("registered", ["local-baai-m3-colbert"])
+def test_m3_functions_refuse_url_rather_than_ignore_it(registered):
+    with pytest.raises(ValueError, match="url= is not supported by the bge-m3 functions"):
+        get_registry().get(registered).create(name="BAAI/bge-m3", url="http://127.0.0.1:1")

@@ -12,7 +12,6 @@ import pickle
 import subprocess
 import sys
 import threading
-import time
 
 import numpy as np
 import pytest
@@ -21,7 +20,6 @@ pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 httpx = pytest.importorskip("httpx")
 
-import lancedb_baai  # noqa: E402
 from lancedb_baai import BAAIEmbeddings, BAAIRerankFunction, testing  # noqa: E402
 
 from _serve import Server, wait_for  # noqa: E402

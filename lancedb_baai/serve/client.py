@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from .. import _trust
+
 CHUNK = 256
 """Texts per request: within the server's default limit of 512 (``--max-texts``)."""
 
@@ -41,6 +43,7 @@ def model(url: str, name: str, kind: str) -> dict[str, Any]:
     key = (base_url(url), name, kind)
     record = _models.get(key)
     if record is None:
+        _trust.check_url(key[0])
         listed = _request("GET", key[0], "/v1/models")["data"]
         matches = [r for r in listed if name.rstrip("/") in (r["id"].rstrip("/"), str(r.get("served", "")).rstrip("/"))]
         served = [f"{r['id']} ({r['kind']}: {r.get('served')})" for r in listed]
