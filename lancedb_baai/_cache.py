@@ -123,6 +123,13 @@ class EngineCache:
             slots = list(self._slots.values())
         return [self._record(slot) for slot in slots]
 
+    def engines(self) -> list[tuple[EngineKey, Any]]:
+        """The loaded engines and their keys, with those kept for rollback (what this process holds)."""
+        with self._lock:
+            slots = list(self._slots.values())
+        held = [(slot.key, slot.engine) for slot in slots if slot.engine is not None]
+        return held + [(slot.key, old) for slot in slots for old, _ in slot.history if old is not None]
+
     def total_loads(self) -> int:
         """Model loads in this process since it started (or forked), released ones included."""
         return self._total_loads

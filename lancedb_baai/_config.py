@@ -18,6 +18,8 @@ METADATA_KEY = "lancedb_baai"
 """The key this package adds to a function's stored arguments: who wrote them, with what dtype."""
 
 _LANCEDB_FIELDS = frozenset({"max_retries"})  # LanceDB's own, which these functions never use
+SENSITIVE_FIELDS = ("api_key",)
+"""Options LanceDB's ``create()`` takes only as ``$var:NAME``; never shown, never stored literally."""
 
 
 class EngineConfig(BaseModel):
@@ -40,6 +42,13 @@ class EngineConfig(BaseModel):
     show_progress: bool | None = None
     url: str | None = None
     """A ``lancedb-baai serve`` server to run the model on instead of this process (no torch here)."""
+    api_key: str | None = None
+    """The key that server wants (``--api-key``); give it to ``create()`` as ``"$var:NAME"``."""
+
+    @staticmethod
+    def sensitive_keys() -> list[str]:
+        """Options LanceDB refuses as literal values in ``create()``: pass ``"$var:NAME"`` instead."""
+        return list(SENSITIVE_FIELDS)
 
     @model_validator(mode="before")
     @classmethod
@@ -88,6 +97,13 @@ class EngineConfig(BaseModel):
             raise ValueError("name is empty; pass a hub id such as 'BAAI/bge-small-en-v1.5' or a model directory")
         return value
 
+    @model_validator(mode="after")
+    def _key_needs_url(self) -> EngineConfig:
+        if self.api_key is not None and self.url is None:
+            raise ValueError("api_key is for a lancedb-baai server: pass url= that server's address too, "
+                             "or drop api_key to run the model in this process")
+        return self
+
     def engine_key(self) -> EngineKey:
         """The cache key of this configuration's engine (resolves "auto" device and dtype)."""
         device = resolve_device(self.device)
@@ -109,20 +125,26 @@ class EngineConfig(BaseModel):
 
     def __repr_args__(self):
         """The configuration without LanceDB's ``max_retries``, which these functions never use."""
-        return [(name, value) for name, value in super().__repr_args__() if name not in _LANCEDB_FIELDS]
+        return [(name, "***" if name in SENSITIVE_FIELDS and value is not None else value)
+                for name, value in super().__repr_args__() if name not in _LANCEDB_FIELDS]
 
     def safe_model_dump(self) -> dict[str, Any]:
         """The arguments stored in table metadata, plus who wrote them and the dtype the vectors get.
 
         The arguments are those given to ``create()`` (else the non-default fields), so a
-        table rebuilt from them gets the same configuration.
+        table rebuilt from them gets the same configuration. A key is stored only as the
+        ``$var:NAME`` reference ``create()`` was given, never as its value.
         """
         original = getattr(self, "_original_args", None)
         if original is None:
             original = self.model_dump(exclude_defaults=True)
         args = {k: os.fspath(v) if isinstance(v, os.PathLike) else v for k, v in original.items()
-                if k != METADATA_KEY}
+                if k != METADATA_KEY and not _secret_value(k, v)}
         return {**args, METADATA_KEY: self.provenance()}
+
+    def public_dump(self) -> dict[str, Any]:
+        """The non-default options with any key hidden: what a repr may show."""
+        return {k: "***" if k in SENSITIVE_FIELDS else v for k, v in self.model_dump(exclude_defaults=True).items()}
 
     def provenance(self) -> dict[str, Any]:
         """Package version, and the device and dtype this process embeds with (and why)."""
@@ -134,3 +156,8 @@ class EngineConfig(BaseModel):
         device = resolve_device(self.device)
         dtype, why = dtype_decision(self.dtype, device)
         return {"version": __version__, "device": device, "dtype": dtype, "dtype_reason": why}
+
+
+def _secret_value(name: str, value: Any) -> bool:
+    """True for a sensitive option holding a key itself rather than a ``$var:`` reference to one."""
+    return name in SENSITIVE_FIELDS and value is not None and not (isinstance(value, str) and value.startswith("$var:"))

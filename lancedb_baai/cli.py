@@ -420,24 +420,36 @@ def serve(
     max_queue: int = typer.Option(256, "--max-queue", min=1, help="Waiting requests per model before 503."),
     max_texts: int = typer.Option(512, "--max-texts", min=1, help="Texts per request (413 beyond)."),
     max_chars: int = typer.Option(100_000, "--max-chars", min=1, help="Characters per text (413 beyond)."),
+    api_key: Optional[list[str]] = typer.Option(None, "--api-key", help="Key the data routes accept as "
+                                                "'Authorization: Bearer KEY' (repeatable; also "
+                                                "LANCEDB_BAAI_API_KEYS=key1,key2)."),
+    allow_no_api_key: bool = typer.Option(False, "--allow-no-api-key",
+                                          help="Listen beyond loopback with the data routes open (a proxy checks callers)."),
+    memory_budget: Optional[str] = typer.Option(None, "--memory-budget", help="Most model weight memory per process, "
+                                                "e.g. 6GiB: a load or swap beyond it is refused (409)."),
+    log_format: str = typer.Option("text", "--log-format", help="Log lines, access log included: text or json."),
 ) -> None:
     """Serve embedders and rerankers over HTTP (OpenAI-compatible /v1/embeddings, /rerank, /metrics).
 
-    Admin routes (/admin/swap, /admin/rollback, /admin/engines) are on only when
-    LANCEDB_BAAI_ADMIN_TOKEN is set; they need `Authorization: Bearer <token>`.
+    Admin routes (/admin/swap, /admin/rollback, /admin/load, /admin/unload, /admin/engines) are
+    on only when LANCEDB_BAAI_ADMIN_TOKEN is set; they need `Authorization: Bearer <token>`.
+    With --api-key (or LANCEDB_BAAI_API_KEYS) every other route but /healthz and /readyz needs a key.
 
     Example: `lancedb-baai serve --embed BAAI/bge-small-en-v1.5 --rerank BAAI/bge-reranker-base --port 8000`
     """
-    from .serve import ADMIN_TOKEN_ENV, ModelOptions, ServeConfig, run
+    from .serve import ADMIN_TOKEN_ENV, API_KEYS_ENV, ModelOptions, ServeConfig, run
 
     with _errors(_offline_hint):
         options = {"device": device, "dtype": dtype, "max_length": max_length, "batch_size": batch_size}
         models = [ModelOptions.parse("embed", spec, **options) for spec in embed or []]
         models += [ModelOptions.parse("rerank", spec, **options) for spec in rerank or []]
+        keys = [*(api_key or []), *(k.strip() for k in os.environ.get(API_KEYS_ENV, "").split(",") if k.strip())]
         run(ServeConfig(models=models, host=host, port=port, workers=workers, threads=threads,
                         state_dir=state_dir, admin_token=os.environ.get(ADMIN_TOKEN_ENV),
                         micro_batching=micro_batching, batch_wait_ms=batch_wait_ms, max_queue=max_queue,
-                        max_texts=max_texts, max_chars=max_chars))
+                        max_texts=max_texts, max_chars=max_chars, api_keys=keys,
+                        allow_no_api_key=allow_no_api_key, memory_budget=memory_budget,
+                        log_format=log_format, load_defaults=options))
 
 
 # --------------------------------------------------------------------------------------- bench

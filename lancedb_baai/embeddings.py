@@ -37,6 +37,10 @@ class BAAIEmbeddings(NoRetry, EngineConfig, TextEmbeddingFunction):
     url : str or None, default None
         Embed through a ``lancedb-baai serve`` server at this address instead of loading the
         model here; ``name`` must be a model id that server serves.
+    api_key : str or None, default None
+        The key of a server started with ``--api-key``. LanceDB's ``create()`` takes it only as
+        ``"$var:NAME"`` (set with ``registry.set_var(NAME, key)``), and only that reference is
+        stored in the table's metadata.
 
     Examples
     --------
@@ -54,7 +58,7 @@ class BAAIEmbeddings(NoRetry, EngineConfig, TextEmbeddingFunction):
         if self.url:
             from .serve import client
 
-            return client.model(self.url, self.name, "embed")["dims"]
+            return client.model(self.url, self.name, "embed", self.api_key)["dims"]
         return _catalog.vector_dims(self.name, self.revision)
 
     def _engine_kind(self) -> str:
@@ -80,7 +84,7 @@ class BAAIEmbeddings(NoRetry, EngineConfig, TextEmbeddingFunction):
         if self.url:
             from .serve import client
 
-            return list(client.embed(self.url, self.name, texts, normalize=self.normalize))
+            return list(client.embed(self.url, self.name, texts, normalize=self.normalize, api_key=self.api_key))
         progress = _progress.wanted(self.show_progress, len(texts))
         vectors = self.engine().encode(texts, normalize=self.normalize, batch_size=self.batch_size,
                                        progress=progress)

@@ -38,6 +38,8 @@ class BAAIRerankFunction(NoRetry, EngineConfig, EmbeddingFunction):
     url : str or None, default None
         Score through a ``lancedb-baai serve`` server at this address instead of loading the
         model here; ``name`` must be a reranker id that server serves.
+    api_key : str or None, default None
+        The key of a server started with ``--api-key`` (in ``create()``: ``"$var:NAME"``).
     """
 
     engine_kind = "rerank"
@@ -52,7 +54,8 @@ class BAAIRerankFunction(NoRetry, EngineConfig, EmbeddingFunction):
         if self.url:
             from .serve import client
 
-            return client.rerank(self.url, self.name, query, passages, raw_scores=not self.normalize).tolist()
+            return client.rerank(self.url, self.name, query, passages, raw_scores=not self.normalize,
+                                 api_key=self.api_key).tolist()
         progress = _progress.wanted(self.show_progress, len(passages))
         scores = self.engine().score(query, passages, normalize=self.normalize,
                                      batch_size=self.batch_size, progress=progress)
@@ -122,7 +125,7 @@ class BAAIReranker(Reranker):
         self.column = column
 
     def __repr__(self) -> str:
-        options = {"name": self.function.name, **self.function.model_dump(exclude_defaults=True),
+        options = {"name": self.function.name, **self.function.public_dump(),
                    "column": self.column, "return_score": self.score}
         return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in options.items())})"
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ._settings import ADMIN_TOKEN_ENV, ModelOptions, ServeConfig
+from ._settings import ADMIN_TOKEN_ENV, API_KEYS_ENV, ModelOptions, ServeConfig, parse_size
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -42,4 +42,4 @@ def run(config: ServeConfig) -> None:
     serve(config)
 
 
-__all__ = ["ADMIN_TOKEN_ENV", "ModelOptions", "ServeConfig", "create_app", "run"]
+__all__ = ["ADMIN_TOKEN_ENV", "API_KEYS_ENV", "ModelOptions", "ServeConfig", "create_app", "parse_size", "run"]

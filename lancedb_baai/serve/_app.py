@@ -1,9 +1,11 @@
 """The FastAPI app: thin routes over :class:`~lancedb_baai.serve._service.Service`.
 
 OpenAI-compatible ``/v1/embeddings`` and ``/v1/models``, a text-embeddings-inference-shaped
-``/rerank``, health, readiness, Prometheus ``/metrics`` and bearer-token ``/admin/*``.
-Every response carries ``X-Model-Version``; every refused request gets a 4xx JSON body
-``{"error": {"message", "type"}}`` and changes nothing served.
+``/rerank`` and ``/info``, Cohere-compatible ``/v1/rerank`` and ``/v2/rerank``, health,
+readiness, Prometheus ``/metrics`` and bearer-token ``/admin/*``. With API keys configured,
+every route but health, readiness and admin needs one. Every response carries
+``X-Model-Version`` and ``X-Request-Id`` and is one access-log line; every refused request
+gets a 4xx JSON body ``{"error": {"message", "type", "code"}}`` and changes nothing served.
 """
 
 from __future__ import annotations
@@ -20,15 +22,22 @@ import numpy as np
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .._inputs import check_query, check_texts
-from ._batcher import Overloaded, TooLong
+from .._version import __version__
+from ._admin import Admin
+from ._batcher import Closed, Overloaded, TooLong
+from ._logs import ACCESS_LOGGER, log_fields, request_id
 from ._service import Service, ServeError, ServedModel
-from ._settings import ADMIN_TOKEN_ENV, ServeConfig
+from ._settings import ADMIN_TOKEN_ENV, API_KEYS_ENV, ModelOptions, ServeConfig
 
 logger = logging.getLogger(__name__)
+access_logger = logging.getLogger(ACCESS_LOGGER)
+
+OPEN_ROUTES = ("/healthz", "/readyz")
+"""Routes that never need an API key (orchestrators probe them); /admin/* has its own token."""
 
 RETRY_AFTER_S = 1
 
@@ -64,6 +73,36 @@ class RollbackRequest(BaseModel):
     kind: Literal["embed", "rerank"] | None = None
 
 
+class LoadRequest(BaseModel):
+    """A model to start serving: ``model`` is its name or directory, ``alias`` the id to serve it under."""
+
+    kind: Literal["embed", "rerank"]
+    model: str
+    alias: str | None = None
+    device: str | None = None
+    dtype: str | None = None
+    max_length: int | None = None
+    batch_size: int | None = None
+
+    def options(self, defaults: dict[str, Any]) -> ModelOptions:
+        given = {k: v for k, v in self.model_dump(exclude={"kind", "model", "alias"}).items() if v is not None}
+        return ModelOptions(kind=self.kind, name=self.model, alias=self.alias, **{**defaults, **given})
+
+
+class UnloadRequest(BaseModel):
+    model: str
+
+
+class CohereRerankRequest(BaseModel):
+    """Cohere's rerank request (v1 and v2); fields this server has no use for are ignored."""
+
+    model: str | None = None
+    query: Any = None
+    documents: Any = None
+    top_n: int | None = Field(default=None, ge=1)
+    return_documents: bool | None = False
+
+
 def create_app(config: ServeConfig | None = None, *, service: Service | None = None) -> FastAPI:
     """The ASGI app serving ``config``'s models; the models load here, before any worker forks.
 
@@ -88,33 +127,68 @@ def create_app(config: ServeConfig | None = None, *, service: Service | None = N
     _add_middleware(app, service)
     _add_error_handlers(app)
     _add_data_routes(app, service, config)
+    _add_cohere_routes(app, service, config)
     _add_admin_routes(app, service, config)
     return app
 
 
 def _add_middleware(app: FastAPI, service: Service) -> None:
+    keys = [key.encode() for key in service.config.api_keys]
+
     @app.middleware("http")
     async def observe(request: Request, call_next):
         start = time.perf_counter()
-        response = await call_next(request)
+        request.state.request_id = request_id(request.headers.get("x-request-id"))
+        refused = _check_api_key(request, keys)
+        response = refused or await call_next(request)
         version = getattr(request.state, "model_version", None)
         response.headers["X-Model-Version"] = version or ", ".join(
             f"{m.id}={m.current.header()}" for m in service.models.values() if m.current)
+        response.headers["X-Request-Id"] = request.state.request_id
         route = request.scope.get("route")
         path = getattr(route, "path", "unmatched")
+        seconds = time.perf_counter() - start
         service.metrics.requests.labels(path, str(response.status_code)).inc()
-        service.metrics.latency.labels(path).observe(time.perf_counter() - start)
+        service.metrics.latency.labels(path).observe(seconds)
+        log_fields(access_logger, logging.INFO, "request", method=request.method, route=path,
+                   status=response.status_code, inputs=getattr(request.state, "inputs", 0),
+                   tokens=getattr(request.state, "tokens", 0), ms=round(seconds * 1000, 2),
+                   model_version=version, request_id=request.state.request_id)
         return response
 
 
-def _error(status: int, message: str, kind: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": {"message": message, "type": kind, "code": status}}, status, headers=headers)
+def _check_api_key(request: Request, keys: list[bytes]) -> JSONResponse | None:
+    """None when the request may go on; else the 401 that says what to send."""
+    path = request.url.path
+    if not keys or path in OPEN_ROUTES or path.startswith("/admin/"):
+        return None
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return _error(401, "this server needs an API key: send 'Authorization: Bearer <key>' (the openai and "
+                           "cohere clients send their api_key so)", "unauthorized",
+                      {"WWW-Authenticate": "Bearer"})
+    sent = token.strip().encode()
+    matches = [hmac.compare_digest(sent, key) for key in keys]  # every key compared: no early exit
+    if not any(matches):
+        return _error(401, "the API key sent is not one this server accepts; ask its operator for one "
+                           f"(--api-key or {API_KEYS_ENV})", "unauthorized", {"WWW-Authenticate": "Bearer"})
+    return None
+
+
+def _error(status: int, message: str, kind: str, headers: dict[str, str] | None = None,
+           detail: dict[str, Any] | None = None) -> JSONResponse:
+    return JSONResponse({"error": {"message": message, "type": kind, "code": status, **(detail or {})}},
+                        status, headers=headers)
 
 
 def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ServeError)
     async def serve_error(request: Request, exc: ServeError):
-        return _error(exc.status, exc.message, exc.kind)
+        return _error(exc.status, exc.message, exc.kind, detail=exc.detail)
+
+    @app.exception_handler(Closed)
+    async def closed(request: Request, exc: Closed):
+        return _error(404, str(exc), "model_not_found")
 
     @app.exception_handler(Overloaded)
     async def overloaded(request: Request, exc: Overloaded):
@@ -165,7 +239,10 @@ async def _run(service: Service, request: Request, model: ServedModel, texts: li
                **job: Any) -> tuple[np.ndarray, int]:
     future, current = service.submit(model, texts, **job)
     request.state.model_version = current.header()
-    return await asyncio.wrap_future(future)
+    request.state.inputs = len(texts)
+    out, tokens = await asyncio.wrap_future(future)
+    request.state.tokens = tokens
+    return out, tokens
 
 
 def _add_data_routes(app: FastAPI, service: Service, config: ServeConfig) -> None:
@@ -220,6 +297,46 @@ def _add_data_routes(app: FastAPI, service: Service, config: ServeConfig) -> Non
         body, content_type = service.metrics.render()
         return Response(body, media_type=content_type)
 
+    @app.get("/info")
+    async def info() -> dict[str, Any]:
+        return {"version": __version__, "models": [m.info() for m in service.models.values()],
+                "max_client_batch_size": config.max_texts, "max_input_chars": config.max_chars,
+                "max_batch_tokens": config.max_batch_tokens, "max_concurrent_requests": config.max_queue,
+                "micro_batching": config.micro_batching}
+
+
+def _documents(value: Any, config: ServeConfig) -> list[str]:
+    """Cohere's ``documents``: strings, or objects whose ``text`` is the string."""
+    if isinstance(value, list):
+        for row, doc in enumerate(value):
+            if isinstance(doc, dict) and not isinstance(doc.get("text"), str):
+                raise ServeError(422, f"document at row {row} is an object without a string 'text' field; "
+                                      "send strings or {\"text\": \"...\"} objects")
+        value = [doc["text"] if isinstance(doc, dict) else doc for doc in value]
+    return _texts(value, "documents", config)
+
+
+def _add_cohere_routes(app: FastAPI, service: Service, config: ServeConfig) -> None:
+    async def rerank(body: CohereRerankRequest, request: Request, api_version: str) -> dict[str, Any]:
+        model = service.model(body.model, "rerank")
+        query = check_query(body.query)
+        texts = _documents(body.documents, config)
+        scores, tokens = await _run(service, request, model, texts, query=query, normalize=True)
+        order = np.argsort(-scores, kind="stable")[:body.top_n]
+        results = [{"index": int(i), "relevance_score": float(scores[i]),
+                    **({"document": {"text": texts[i]}} if body.return_documents else {})} for i in order]
+        return {"id": request.state.request_id, "results": results,
+                "meta": {"api_version": {"version": api_version}, "billed_units": {"search_units": 1},
+                         "tokens": {"input_tokens": tokens, "output_tokens": 0}}}
+
+    @app.post("/v1/rerank")
+    async def rerank_v1(body: CohereRerankRequest, request: Request) -> dict[str, Any]:
+        return await rerank(body, request, "1")
+
+    @app.post("/v2/rerank")
+    async def rerank_v2(body: CohereRerankRequest, request: Request) -> dict[str, Any]:
+        return await rerank(body, request, "2")
+
 
 def _base64(vector: np.ndarray) -> str:
     return base64.b64encode(np.ascontiguousarray(vector, dtype="<f4").tobytes()).decode("ascii")
@@ -241,28 +358,50 @@ def _admin_guard(config: ServeConfig):
 
 def _add_admin_routes(app: FastAPI, service: Service, config: ServeConfig) -> None:
     guard = [Depends(_admin_guard(config))]
+    admin = Admin(service)
+    defaults = config.load_defaults
 
     @app.post("/admin/swap", dependencies=guard)
     def swap(body: SwapRequest) -> dict[str, Any]:
-        return _admin(service, "swap", lambda: service.swap(body.model, body.kind, body.new_model,
-                                                             body.allow_dims_change))
+        return _admin(service, "swap", body.model,
+                      lambda: admin.swap(body.model, body.kind, body.new_model, body.allow_dims_change))
 
     @app.post("/admin/rollback", dependencies=guard)
     def rollback(body: RollbackRequest) -> dict[str, Any]:
-        return _admin(service, "rollback", lambda: service.rollback(body.model, body.kind))
+        return _admin(service, "rollback", body.model, lambda: admin.rollback(body.model, body.kind))
+
+    @app.post("/admin/load", dependencies=guard)
+    def load(body: LoadRequest) -> dict[str, Any]:
+        try:
+            options = body.options(defaults)
+        except ValueError as exc:
+            raise ServeError(422, f"load refused, nothing changed: {exc}") from exc
+        return _admin(service, "load", options.id, lambda: admin.load(options))
+
+    @app.post("/admin/unload", dependencies=guard)
+    def unload(body: UnloadRequest) -> dict[str, Any]:
+        return _admin(service, "unload", body.model, lambda: admin.unload(body.model))
 
     @app.get("/admin/engines", dependencies=guard)
     def engines() -> dict[str, Any]:
-        return service.engines()
+        return {**service.engines(), "memory": admin.memory()}
 
 
-def _admin(service: Service, action: str, run) -> dict[str, Any]:
+def _admin(service: Service, action: str, model: str, run) -> dict[str, Any]:
+    """Run one admin action: one INFO line (action, model, result, seconds) and one counted result."""
     start = time.perf_counter()
+    result, detail = "ok", None
     try:
         record = run()
+        detail = f"{record.get('previous')} -> {record.get('served')}" if action != "unload" else None
+        return record
     except ServeError as exc:
-        service.metrics.admin.labels(action, "refused").inc()
-        logger.warning("admin %s refused in %.2fs: %s", action, time.perf_counter() - start, exc.message)
+        result, detail = exc.kind, exc.message
         raise
-    service.metrics.admin.labels(action, "ok").inc()
-    return record
+    except Exception as exc:
+        result, detail = "error", repr(exc)
+        raise
+    finally:
+        service.metrics.admin.labels(action, result).inc()
+        log_fields(logger, logging.INFO, "admin", action=action, model=model, result=result,
+                   seconds=round(time.perf_counter() - start, 3), generation=service.generation, detail=detail)

@@ -31,6 +31,10 @@ class Overloaded(Exception):
     """The queue of a served model is full; the client should retry later."""
 
 
+class Closed(Exception):
+    """The served model was unloaded after the request found it; it takes no more requests."""
+
+
 class TooLong(ValueError):
     """An input exceeds the model's token limit and the request asked not to truncate."""
 
@@ -68,32 +72,40 @@ class Batcher:
         self._queue: queue.Queue[Job | None] = queue.Queue(maxsize=max_queue)
         self._observe = observe or (lambda requests, texts, passes: None)
         self._thread: threading.Thread | None = None
+        self._closing = threading.Lock()  # no job may be queued behind the stop marker
+        self._closed = False
         self.calls = 0
         self.requests = 0
 
     def start(self) -> None:
+        self._closed = False
         self._thread = threading.Thread(target=self._run, name=f"batcher-{self.name}", daemon=True)
         self._thread.start()
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Finish what is queued, then end the worker thread."""
-        if self._thread is None:
-            return
-        self._queue.put(None, timeout=timeout)
-        self._thread.join(timeout)
-        self._thread = None
+        """Finish what is queued, then end the worker thread; later submissions raise :class:`Closed`."""
+        with self._closing:
+            self._closed = True
+            thread, self._thread = self._thread, None
+            if thread is None:
+                return
+            self._queue.put(None, timeout=timeout)
+        thread.join(timeout)
 
     def depth(self) -> int:
         return self._queue.qsize()
 
     def submit(self, job: Job) -> Future:
         """Queue ``job``; raises :class:`Overloaded` when the queue is full."""
-        if self._thread is None:
-            raise RuntimeError(f"the batcher of {self.name!r} is not running")
-        try:
-            self._queue.put_nowait(job)
-        except queue.Full:
-            raise Overloaded(f"{self.depth()} requests are waiting for {self.name!r}") from None
+        with self._closing:
+            if self._closed:
+                raise Closed(f"model {self.name!r} was unloaded and is no longer served")
+            if self._thread is None:
+                raise RuntimeError(f"the batcher of {self.name!r} is not running")
+            try:
+                self._queue.put_nowait(job)
+            except queue.Full:
+                raise Overloaded(f"{self.depth()} requests are waiting for {self.name!r}") from None
         return job.future
 
     def _run(self) -> None:

@@ -18,6 +18,9 @@ logger = logging.getLogger(__name__)
 
 def run(config: ServeConfig) -> None:
     """Serve until SIGTERM or SIGINT; both drain the requests in flight, then release the engines."""
+    from ._logs import configure
+
+    configure(config.log_format, config.log_level)
     if config.workers == 1:
         _run_uvicorn(config)
     else:
@@ -28,12 +31,14 @@ def _run_uvicorn(config: ServeConfig) -> None:
     import uvicorn
 
     from ._app import create_app
+    from ._logs import uvicorn_log_config
 
     if config.threads is not None:
         _set_torch_threads(config.threads)
     app = create_app(config)
     uvicorn.run(app, host=config.host, port=config.port, log_level=config.log_level,
-                timeout_graceful_shutdown=30, access_log=False)
+                timeout_graceful_shutdown=30, access_log=False,
+                log_config=uvicorn_log_config(config.log_format, config.log_level))
 
 
 def _run_gunicorn(config: ServeConfig) -> None:

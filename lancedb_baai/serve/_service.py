@@ -1,9 +1,14 @@
-"""The serving core without HTTP: served models, their batchers, swaps, rollbacks and the watcher.
+"""The serving core without HTTP: served models, their batchers, and the watcher that keeps them in step.
 
 Routes call :class:`Service`; it holds, per served model id, a snapshot of what serves it
 (:class:`Current`: the function object, its engine from the package's cache, the model
 name and version). A swap builds a new snapshot while the old one keeps answering and
-replaces it with one assignment, so every request runs on exactly one version.
+replaces it with one assignment, so every request runs on exactly one version. The set of
+served ids is replaced the same way (a new dict, never one changed in place), so a load or
+an unload never disturbs a request that is looking a model up.
+
+The admin actions that change what is served live in :mod:`._admin`; this module applies
+what the state file records, in every worker.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
-from .. import _cache
+from .. import _cache, _hub
 from ._batcher import Batcher, Job
 from ._metrics import Metrics
 from ._settings import ModelOptions, ServeConfig
@@ -30,11 +35,12 @@ HISTORY_DEPTH = 8
 
 
 class ServeError(Exception):
-    """A request the server refuses: HTTP status, error type and a message saying what to do."""
+    """A request the server refuses: HTTP status, error type, a message saying what to do, and details."""
 
-    def __init__(self, status: int, message: str, kind: str = "invalid_request_error") -> None:
+    def __init__(self, status: int, message: str, kind: str = "invalid_request_error",
+                 detail: dict[str, Any] | None = None) -> None:
         super().__init__(message)
-        self.status, self.message, self.kind = status, message, kind
+        self.status, self.message, self.kind, self.detail = status, message, kind, detail or {}
 
 
 @dataclass(frozen=True)
@@ -45,13 +51,14 @@ class Current:
     engine: Any
     served: str
     version: int
+    revision: str = ""
 
     def header(self) -> str:
         return f"{quote(self.served, safe='/:._-')}@{self.version}"
 
 
 class ServedModel:
-    """One configured model id: its options, its current snapshot and its batcher."""
+    """One served model id: its options, its current snapshot and its batcher."""
 
     def __init__(self, options: ModelOptions, config: ServeConfig, metrics: Metrics) -> None:
         self.options, self.id, self.kind = options, options.id, options.kind
@@ -62,9 +69,13 @@ class ServedModel:
             max_queue=config.max_queue, batch_size=options.batch_size, max_tokens=config.max_batch_tokens,
             observe=lambda requests, texts, passes: metrics.observe_batch(self.id, requests, texts, passes))
 
+    def function(self, served: str) -> Any:
+        """The package's function object (configuration only) for serving ``served`` with these options."""
+        return _function(self.kind)(name=served, show_progress=False, **self.options.engine_options())
+
     def load(self, served: str, version: int) -> Current:
         """A warm snapshot serving ``served`` (loaded through the package's cache; not installed)."""
-        fn = _function(self.kind)(name=served, show_progress=False, **self.options.engine_options())
+        fn = self.function(served)
         before = _cache.CACHE.total_loads()
         engine = fn.engine()
         if self.kind == "embed":
@@ -72,11 +83,16 @@ class ServedModel:
         else:
             engine.score("warm-up", ["warm-up"])
         self.metrics.loads.labels(self.id).inc(_cache.CACHE.total_loads() - before)
-        return Current(fn, engine, served, version)
+        return Current(fn, engine, served, version, _revision(served, fn.revision))
 
     def install(self, current: Current) -> None:
         self.current = current
         self.metrics.version.labels(self.id).set(current.version)
+
+    def close(self) -> None:
+        """Take no new requests, answer the queued ones, then let go of the engine."""
+        self.batcher.stop()
+        self.current = None
 
     def record(self) -> dict[str, Any]:
         cur = self.current
@@ -89,6 +105,18 @@ class ServedModel:
             "requests": self.batcher.requests, "queue_depth": self.batcher.depth(),
         }
 
+    def info(self) -> dict[str, Any]:
+        """This model as text-embeddings-inference's ``/info`` describes one."""
+        cur = self.current
+        key = cur.engine.key if cur else None
+        return {"model_id": self.id, "kind": self.kind,
+                "model_type": "embedding" if self.kind == "embed" else "reranker",
+                "served": cur.served if cur else None, "model_version": cur.version if cur else None,
+                "model_sha": cur.revision if cur else None, "model_dtype": key.dtype if key else None,
+                "model_device": key.device if key else None,
+                "max_input_length": getattr(cur.engine, "max_length", None) if cur else None,
+                "dims": getattr(cur.engine, "dims", None) if cur else None}
+
 
 class Service:
     """Everything a server process serves; built once (before any fork), started in each worker."""
@@ -97,20 +125,32 @@ class Service:
         self.config = config
         self.metrics = Metrics()
         self.store = StateStore(config.state_dir)
-        self.models = {m.id: ServedModel(m, config, self.metrics) for m in config.models}
         self.ready = False
-        self._lock = threading.RLock()  # one state change at a time in this process
+        self.started = False
+        self.lock = threading.RLock()  # one change of what is served at a time in this process
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
         state = self.store.read()
         self.generation = state["generation"]
-        for model in self.models.values():
-            entry = state["models"].get(model.id, {})
-            model.install(self._load_recorded(model, entry))
+        models = {}
+        for options in self.wanted(state).values():
+            model = ServedModel(options, config, self.metrics)
+            model.install(self._load_recorded(model, state["models"].get(model.id, {})))
+            models[model.id] = model
+        self.models: dict[str, ServedModel] = models
+
+    def wanted(self, state: dict[str, Any]) -> dict[str, ModelOptions]:
+        """What ``state`` says to serve: the command line's models less those unloaded, plus those loaded."""
+        removed = set(state.get("removed", []))
+        wanted = {m.id: m for m in self.config.models if m.id not in removed}
+        for model_id, entry in state["models"].items():
+            if "options" in entry:
+                wanted[model_id] = ModelOptions(**entry["options"])
+        return wanted
 
     def _load_recorded(self, model: ServedModel, entry: dict[str, Any]) -> Current:
         served, version = entry.get("served", model.options.name), entry.get("version", 0)
-        if served != model.options.name:
+        if served != model.options.name or "options" in entry:
             logger.info("%r: serving %r (version %d), recorded in %s", model.id, served, version, self.store.path)
         try:
             return model.load(served, version)
@@ -126,6 +166,7 @@ class Service:
         self._stop.clear()
         for model in self.models.values():
             model.batcher.start()
+        self.started = True
         self.store.changed()  # remember the file as it is now
         self.apply(self.store.read())  # a worker forked before the last swap catches up here
         if self.store.directory is not None:
@@ -141,6 +182,7 @@ class Service:
             self._watcher.join(5)
         for model in self.models.values():
             model.batcher.stop()
+        self.started = False
         self.store.forget_worker(os.getpid())
         from ..lifecycle import release
 
@@ -156,22 +198,60 @@ class Service:
 
     def apply(self, state: dict[str, Any]) -> None:
         """Serve what ``state`` records, loading what this process lacks; then acknowledge it."""
-        with self._lock:
-            for model in self.models.values():
-                entry = state["models"].get(model.id)
-                cur = model.current
-                if entry is None or cur is None or (entry["served"], entry["version"]) == (cur.served, cur.version):
-                    continue
-                try:
-                    model.install(model.load(entry["served"], entry["version"]))
-                    logger.info("%r: now serving %r (version %d) from the state file",
-                                model.id, entry["served"], entry["version"])
-                    self._trim(model, entry)
-                except Exception:
-                    logger.exception("%r: could not load %r from the state file; still serving %r",
-                                     model.id, entry["served"], cur.served)
+        with self.lock:
+            wanted = self.wanted(state)
+            for model in [m for m in self.models.values() if m.id not in wanted]:
+                self.remove(model, state)
+                logger.info("%r: unloaded, as the state file records", model.id)
+            for model_id, options in wanted.items():
+                self._follow(model_id, options, state)
             self.generation = max(self.generation, state["generation"])
             self._acknowledge()
+
+    def _follow(self, model_id: str, options: ModelOptions, state: dict[str, Any]) -> None:
+        """Load ``model_id`` as ``state`` records it, if this process serves something else (or nothing)."""
+        entry = state["models"].get(model_id)
+        model = self.models.get(model_id)
+        cur = model.current if model else None
+        if model is not None and (entry is None or cur is None or
+                                  (entry["served"], entry["version"]) == (cur.served, cur.version)):
+            return
+        entry = entry or {}
+        served, version = entry.get("served", options.name), entry.get("version", 0)
+        fresh = model is None
+        model = model or ServedModel(options, self.config, self.metrics)
+        try:
+            current = model.load(served, version)
+        except Exception:
+            logger.exception("%r: could not load %r from the state file; still serving %r",
+                             model_id, served, cur.served if cur else "nothing under that id")
+            return
+        self.add(model, current) if fresh else model.install(current)
+        logger.info("%r: now serving %r (version %d) from the state file", model_id, served, version)
+        self.release_unused(state)
+
+    def add(self, model: ServedModel, current: Current) -> None:
+        """Start serving ``model`` (loaded and warm) under its id."""
+        model.install(current)
+        if self.started:
+            model.batcher.start()
+        self.models = {**self.models, model.id: model}
+
+    def remove(self, model: ServedModel, state: dict[str, Any]) -> list[dict[str, Any]]:
+        """Stop serving ``model``: new requests get 404, queued ones are answered, its engines released."""
+        self.models = {k: m for k, m in self.models.items() if k != model.id}
+        model.close()
+        return self.release_unused(state)
+
+    def release_unused(self, state: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        """Release every engine no served id uses, except the one each id's rollback would return to."""
+        entries = (state or self.store.read())["models"]
+        keep = set()
+        for model in self.models.values():
+            names = [model.current.served] if model.current else []
+            names += entries.get(model.id, {}).get("history", [])[-1:]
+            keep |= {(_group(model.kind), _hub.model_id(name)) for name in names}
+        return _cache.CACHE.release(lambda key: (_group(key.kind), key.model) not in keep)
 
     def _acknowledge(self) -> None:
         self.store.acknowledge({"pid": os.getpid(), "generation": self.generation,
@@ -183,13 +263,14 @@ class Service:
 
     def model(self, model_id: str | None, kind: str) -> ServedModel:
         """The served model a request names; with none named, the only one of that kind."""
-        of_kind = [m for m in self.models.values() if m.kind == kind]
+        models = self.models
+        of_kind = [m for m in models.values() if m.kind == kind]
         if model_id is None:
             if len(of_kind) == 1:
                 return of_kind[0]
-            raise ServeError(422, f"several {kind} models are served; name one in 'model': "
-                                  f"{[m.id for m in of_kind]}")
-        model = self.models.get(model_id)
+            raise ServeError(422 if of_kind else 404, f"{len(of_kind)} {kind} models are served; name one "
+                             f"in 'model': {[m.id for m in of_kind]}", "invalid_request_error")
+        model = models.get(model_id)
         if model is None or model.kind != kind:
             raise ServeError(404, f"model {model_id!r} is not served for {kind}; served: "
                                   f"{[m.id for m in of_kind]}", "model_not_found")
@@ -199,98 +280,11 @@ class Service:
                normalize: bool = True, truncate: bool = True) -> tuple[Future, Current]:
         """Queue one request on the model's current engine; returns its future and that snapshot."""
         current = model.current
-        assert current is not None
+        if current is None:
+            raise ServeError(404, f"model {model.id!r} was unloaded and is no longer served", "model_not_found")
         future = model.batcher.submit(Job(current.engine, texts, query, normalize, truncate))
         model.metrics.queue_depth.labels(model.id).set(model.batcher.depth())
         return future, current
-
-    # ------------------------------------------------------------------ admin
-
-    def swap(self, model_id: str, kind: str | None, new: str, allow_dims_change: bool = False) -> dict[str, Any]:
-        """Serve ``model_id`` from ``new``, here at once and in every worker through the state file."""
-        with self._lock, self.store.locked():
-            state = self.store.read()
-            self.apply(state)
-            model = self._admin_model(model_id, kind)
-            cur = model.current
-            assert cur is not None
-            try:
-                candidate = model.load(new, cur.version + 1)
-            except Exception as exc:
-                raise ServeError(400, f"swap failed, still serving {cur.served!r}: {exc}", "swap_failed") from exc
-            if model.kind == "embed" and candidate.engine.dims != cur.engine.dims and not allow_dims_change:
-                self._drop(model, candidate.served)
-                raise ServeError(409, f"swap refused, still serving {cur.served!r}: {new!r} makes "
-                                      f"{candidate.engine.dims}-d vectors, {cur.served!r} makes "
-                                      f"{cur.engine.dims}-d ones. Send allow_dims_change=true if the "
-                                      "tables will be re-embedded", "dims_changed")
-            entry = state["models"].get(model.id, {})
-            history = [*entry.get("history", []), cur.served][-HISTORY_DEPTH:]
-            return self._commit(state, model, candidate, history, "swap")
-
-    def rollback(self, model_id: str, kind: str | None = None) -> dict[str, Any]:
-        """Serve ``model_id`` from the model it had before the last swap (recorded, so across restarts)."""
-        with self._lock, self.store.locked():
-            state = self.store.read()
-            self.apply(state)
-            model = self._admin_model(model_id, kind)
-            cur = model.current
-            assert cur is not None
-            history = list(state["models"].get(model.id, {}).get("history", []))
-            if not history:
-                raise ServeError(409, f"nothing to roll back for {model.id!r}: it was never swapped",
-                                 "nothing_to_roll_back")
-            try:
-                candidate = model.load(history.pop(), cur.version + 1)
-            except Exception as exc:
-                raise ServeError(400, f"rollback failed, still serving {cur.served!r}: {exc}",
-                                 "rollback_failed") from exc
-            return self._commit(state, model, candidate, history, "rollback")
-
-    def _admin_model(self, model_id: str, kind: str | None) -> ServedModel:
-        model = self.models.get(model_id)
-        if model is None:
-            raise ServeError(404, f"model {model_id!r} is not served; served: {list(self.models)}",
-                             "model_not_found")
-        if kind is not None and kind != model.kind:
-            raise ServeError(422, f"{model_id!r} is a {model.kind} model, not {kind}; send kind={model.kind!r}")
-        return model
-
-    def _commit(self, state: dict[str, Any], model: ServedModel, candidate: Current,
-                history: list[str], action: str) -> dict[str, Any]:
-        entry = {"served": candidate.served, "version": candidate.version, "history": history}
-        state["models"][model.id] = entry
-        written = self.store.write(state)  # a failed write raises before anything is served
-        previous = model.current
-        model.install(candidate)
-        self.generation = written["generation"]
-        self._trim(model, entry)
-        self.store.changed()  # this process has applied its own write
-        self._acknowledge()
-        logger.info("%s %r: %r -> %r (version %d, generation %d)", action, model.id,
-                    previous.served if previous else None, candidate.served, candidate.version, self.generation)
-        return {**model.record(), "previous": previous.served if previous else None,
-                "generation": self.generation}
-
-    def _trim(self, model: ServedModel, entry: dict[str, Any]) -> None:
-        """Keep the served engines and the one a rollback would return to; release older ones."""
-        from .. import _hub
-
-        keep = {entry["served"], *entry.get("history", [])[-1:]}
-        keep |= {m.current.served for m in self.models.values() if m.current}
-        keep_ids = {_hub.model_id(name) for name in keep}
-        for record in _cache.CACHE.info():
-            if record["kind"] in _kinds(model.kind) and record["model"] not in keep_ids:
-                self._drop(model, record["model"])
-
-    def _drop(self, model: ServedModel, name: str) -> None:
-        """Release ``name``'s engines of this model's kind unless some id serves it."""
-        from .. import _hub
-
-        target = _hub.model_id(name)
-        if any(m.current and _hub.model_id(m.current.served) == target for m in self.models.values()):
-            return
-        _cache.CACHE.release(lambda key: key.model == target and key.kind in _kinds(model.kind))
 
     def engines(self) -> dict[str, Any]:
         """This process's view: models, cache records, load count, and what every worker applied."""
@@ -309,6 +303,16 @@ def _function(kind: str) -> type:
     return BAAIRerankFunction
 
 
-def _kinds(kind: str) -> set[str]:
-    """Engine kinds a served kind may run on: bge-m3 embeds on the "m3" engine."""
-    return {kind, "m3"} if kind == "embed" else {kind}
+def _group(kind: str) -> str:
+    """bge-m3 embeds on the "m3" engine: for what an id serves, it counts as an embedder."""
+    return "embed" if kind == "m3" else kind
+
+
+def _revision(served: str, revision: str | None) -> str:
+    """The hub revision a model was loaded at, else a content fingerprint of its directory."""
+    from ._weights import fingerprint
+
+    path = _hub.resolve(served, revision)
+    if path.parent.name == "snapshots":  # a hub cache snapshot: the directory is the commit
+        return path.name
+    return fingerprint(path)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from typing import Literal
 
 from pydantic import BaseModel, Field, field_validator, model_validator
@@ -17,10 +18,17 @@ from .._device import check_device, check_dtype
 ADMIN_TOKEN_ENV = "LANCEDB_BAAI_ADMIN_TOKEN"
 """The environment variable the CLI reads the admin token from (never a command-line option)."""
 
+API_KEYS_ENV = "LANCEDB_BAAI_API_KEYS"
+"""Comma-separated API keys for the data routes, read by the CLI besides ``--api-key``."""
+
 MIN_REMOTE_TOKEN_CHARS = 16
 """Shortest admin token accepted when the server listens beyond loopback."""
 
 ServedKind = Literal["embed", "rerank"]
+LogFormat = Literal["text", "json"]
+
+_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
 
 
 class ModelOptions(BaseModel):
@@ -90,6 +98,14 @@ class ServeConfig(BaseModel):
         Requests waiting per model; beyond it the server answers 503 with Retry-After.
     max_texts : int, max_chars : int
         Limits per request (413 naming the limit).
+    api_keys : list of str
+        Keys the data routes accept as ``Authorization: Bearer <key>``; none: the data routes
+        are open, which a server listening beyond loopback refuses unless ``allow_no_api_key``.
+    memory_budget : int or None
+        Bytes of model weights this process may hold; a load, swap or rollback that would go
+        beyond it is refused (409). Given as a number or a size such as ``"6GiB"``.
+    log_format : {"text", "json"}
+        The server's log lines, access log included: ``key=value`` text or one JSON object per line.
     """
 
     models: list[ModelOptions]
@@ -107,6 +123,24 @@ class ServeConfig(BaseModel):
     max_chars: int = Field(default=100_000, gt=0)
     watch_interval_s: float = Field(default=0.2, gt=0)
     log_level: str = "info"
+    log_format: LogFormat = "text"
+    api_keys: list[str] = Field(default_factory=list)
+    allow_no_api_key: bool = False
+    memory_budget: int | None = Field(default=None, gt=0)
+    load_defaults: dict[str, object] = Field(default_factory=dict)
+    """Engine options (device, dtype, max_length, batch_size) of ``/admin/load`` when it sends none."""
+
+    @field_validator("memory_budget", mode="before")
+    @classmethod
+    def _size(cls, value: object) -> object:
+        return parse_size(value) if isinstance(value, str) else value
+
+    @field_validator("api_keys")
+    @classmethod
+    def _keys(cls, value: list[str]) -> list[str]:
+        if any(not key.strip() for key in value):
+            raise ValueError(f"an API key is empty; pass --api-key SECRET or set {API_KEYS_ENV}=key1,key2")
+        return value
 
     @field_validator("state_dir", mode="before")
     @classmethod
@@ -134,6 +168,11 @@ class ServeConfig(BaseModel):
                 f"admin routes on {self.host!r} (not loopback) need an admin token of at least "
                 f"{MIN_REMOTE_TOKEN_CHARS} characters in {ADMIN_TOKEN_ENV}; put TLS in front of "
                 "the server too")
+        if not self.api_keys and not self.allow_no_api_key and not is_loopback(self.host):
+            raise ValueError(
+                f"the server would listen on {self.host!r} (not loopback) with its data routes open to "
+                f"anyone: pass --api-key SECRET (or set {API_KEYS_ENV}), or --allow-no-api-key if a "
+                "proxy in front of it checks the callers")
         return self
 
     @property
@@ -145,6 +184,16 @@ class ServeConfig(BaseModel):
         if self.threads is not None:
             return self.threads
         return max(1, (os.cpu_count() or 1) // self.workers)
+
+
+def parse_size(text: object) -> int:
+    """Bytes from ``"6GiB"``, ``"500MB"``, ``"1.5 GiB"`` or a plain number of bytes."""
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", str(text))
+    unit = match.group(2).lower() if match else None
+    if match is None or unit not in _UNITS:
+        raise ValueError(f"memory budget {text!r} is not a size; write it as bytes or with a unit "
+                         "such as 6GiB, 512MiB, 8GB")
+    return int(float(match.group(1)) * _UNITS[unit])
 
 
 def is_loopback(host: str) -> bool:

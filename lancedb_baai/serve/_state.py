@@ -10,21 +10,37 @@ writes it, every other worker polls its ``stat`` (a few microseconds) and applie
 generation in its own process. A restarted server reads it and serves the last good models.
 Each worker also writes what it has applied to ``workers/<pid>.json``, so the admin routes
 can show whether a swap has reached every worker.
+
+Besides swaps, the file records the models loaded at run time (their entry carries the
+``options`` they were loaded with) and the command-line models unloaded (``removed``), so a
+restart serves the same set. One admin action per model runs at a time, in every worker:
+:meth:`StateStore.busy` holds ``admin/<model>.lock`` without waiting and writes what holds
+it beside the lock, so a second action is refused at once with what runs and since when.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from copy import deepcopy
 from pathlib import Path
 from typing import Any
 
 STATE_FILE = "state.json"
+
+
+class Busy(Exception):
+    """Another admin action holds this model: ``record`` says which, since when and in which process."""
+
+    def __init__(self, record: dict[str, Any]) -> None:
+        super().__init__(record)
+        self.record = record
 
 
 class StateStore:
@@ -35,8 +51,11 @@ class StateStore:
         self._memory: dict[str, Any] = _empty()
         self._thread_lock = threading.Lock()
         self._seen: tuple[int, int, int] | None = None
+        self._busy: dict[str, dict[str, Any]] = {}
+        self._busy_lock = threading.Lock()
         if self.directory is not None:
             (self.directory / "workers").mkdir(parents=True, exist_ok=True)
+            (self.directory / "admin").mkdir(exist_ok=True)
 
     @property
     def path(self) -> Path | None:
@@ -66,6 +85,44 @@ class StateStore:
 
             with FileLock(str(self.directory / "state.lock")):
                 yield
+
+    @contextlib.contextmanager
+    def busy(self, model_id: str, action: str) -> Iterator[None]:
+        """Hold ``model_id`` for one admin action, or raise :class:`Busy` at once if one holds it."""
+        record = {"action": action, "model": model_id, "since": time.time(), "pid": os.getpid()}
+        with self._busy_lock:
+            if model_id in self._busy:
+                raise Busy(self._busy[model_id])
+            self._busy[model_id] = record
+        try:
+            with self._file_busy(model_id, record):
+                yield
+        finally:
+            with self._busy_lock:
+                del self._busy[model_id]
+
+    @contextlib.contextmanager
+    def _file_busy(self, model_id: str, record: dict[str, Any]) -> Iterator[None]:
+        if self.directory is None:
+            yield
+            return
+        from filelock import FileLock, Timeout
+
+        stem = self.directory / "admin" / hashlib.sha1(model_id.encode()).hexdigest()[:16]
+        lock = FileLock(f"{stem}.lock", timeout=0)
+        try:
+            lock.acquire()
+        except Timeout:
+            holder = _read_json(Path(f"{stem}.json")) or {"action": "an admin action", "model": model_id,
+                                                          "since": None, "pid": None}
+            raise Busy(holder) from None
+        try:
+            _write_atomically(Path(f"{stem}.json"), record)
+            yield
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(f"{stem}.json")
+            lock.release()
 
     def write(self, state: dict[str, Any]) -> dict[str, Any]:
         """Record ``state`` as the next generation (call inside :meth:`locked`); returns it."""
@@ -114,7 +171,14 @@ class StateStore:
 
 
 def _empty() -> dict[str, Any]:
-    return {"generation": 0, "models": {}}
+    return {"generation": 0, "models": {}, "removed": []}
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
 
 
 def _write_atomically(path: Path, payload: dict[str, Any]) -> None:

@@ -35,7 +35,7 @@ def base_url(url: str) -> str:
     return url[:-3] if url.endswith("/v1") else url
 
 
-def model(url: str, name: str, kind: str) -> dict[str, Any]:
+def model(url: str, name: str, kind: str, api_key: str | None = None) -> dict[str, Any]:
     """The server's ``/v1/models`` record serving ``name`` as ``kind``; checked once per process.
 
     ``name`` must be the id the server serves the model under, or the model serving it.
@@ -44,7 +44,7 @@ def model(url: str, name: str, kind: str) -> dict[str, Any]:
     record = _models.get(key)
     if record is None:
         _trust.check_url(key[0])
-        listed = _request("GET", key[0], "/v1/models")["data"]
+        listed = _request("GET", key[0], "/v1/models", api_key=api_key)["data"]
         matches = [r for r in listed if name.rstrip("/") in (r["id"].rstrip("/"), str(r.get("served", "")).rstrip("/"))]
         served = [f"{r['id']} ({r['kind']}: {r.get('served')})" for r in listed]
         if not matches:
@@ -57,40 +57,44 @@ def model(url: str, name: str, kind: str) -> dict[str, Any]:
     return record
 
 
-def embed(url: str, name: str, texts: list[str], normalize: bool = True) -> np.ndarray:
+def embed(url: str, name: str, texts: list[str], normalize: bool = True,
+          api_key: str | None = None) -> np.ndarray:
     """Vectors for ``texts`` (sent as passages: any instruction is already prepended), float32 (n, dims)."""
-    served = model(url, name, "embed")
+    served = model(url, name, "embed", api_key)
     out = np.empty((len(texts), served["dims"]), dtype=np.float32)
     for start in range(0, len(texts), CHUNK):
         body = _request("POST", base_url(url), "/v1/embeddings", {
             "model": served["id"], "input": texts[start:start + CHUNK], "encoding_format": "base64",
-            "normalize": normalize})
+            "normalize": normalize}, api_key)
         for item in body["data"]:
             out[start + item["index"]] = np.frombuffer(base64.b64decode(item["embedding"]), dtype="<f4")
     return out
 
 
-def rerank(url: str, name: str, query: str, passages: list[str], raw_scores: bool = True) -> np.ndarray:
+def rerank(url: str, name: str, query: str, passages: list[str], raw_scores: bool = True,
+           api_key: str | None = None) -> np.ndarray:
     """Scores of ``passages`` against ``query``, in the order given (float32)."""
-    served = model(url, name, "rerank")
+    served = model(url, name, "rerank", api_key)
     out = np.empty(len(passages), dtype=np.float32)
     for start in range(0, len(passages), CHUNK):
         ranked = _request("POST", base_url(url), "/rerank", {
             "model": served["id"], "query": query, "texts": passages[start:start + CHUNK],
-            "raw_scores": raw_scores, "truncate": True})
+            "raw_scores": raw_scores, "truncate": True}, api_key)
         for item in ranked:
             out[start + item["index"]] = item["score"]
     return out
 
 
-def _request(method: str, url: str, path: str, payload: dict[str, Any] | None = None) -> Any:
+def _request(method: str, url: str, path: str, payload: dict[str, Any] | None = None,
+             api_key: str | None = None) -> Any:
     import httpx
 
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
     delay = 0.2
     for attempt in range(ATTEMPTS):
         last = attempt == ATTEMPTS - 1
         try:
-            response = _client(url).request(method, path, json=payload)
+            response = _client(url).request(method, path, json=payload, headers=headers)
         except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ConnectTimeout) as exc:
             if last:
                 raise ConnectionError(f"cannot reach the lancedb-baai server at {url}: {exc}. Is "
@@ -99,6 +103,10 @@ def _request(method: str, url: str, path: str, payload: dict[str, Any] | None = 
         else:
             if response.status_code == 503 and not last:
                 time.sleep(min(float(response.headers.get("retry-after", delay)), 5.0))
+            elif response.status_code == 401:
+                raise PermissionError(f"the server at {url} refused {method} {path} (401): {_message(response)}. "
+                                      "Pass the function api_key= (to create(): \"$var:NAME\", after "
+                                      "registry.set_var(NAME, key))")
             elif response.status_code >= 400:
                 raise ValueError(f"the server at {url} refused {method} {path} "
                                  f"({response.status_code}): {_message(response)}")
