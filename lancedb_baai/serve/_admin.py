@@ -97,11 +97,10 @@ class Admin:
         """Stop serving ``model_id``: 404 for new requests, queued ones answered, its engines released."""
         with self._busy(model_id, "unload"):
             service = self.service
+            model = self._served(model_id, None)  # busy: no other action changes it meanwhile
+            before = model.record()
             with service.lock, service.store.locked():
                 state = service.store.read()
-                service.apply(state)
-                model = self._served(model_id, None)
-                before = model.record()
                 state["models"].pop(model_id, None)
                 if model_id in {m.id for m in self.config.models}:
                     state["removed"] = sorted({*state.get("removed", []), model_id})
