@@ -330,6 +330,7 @@ def test_two_concurrent_swaps_one_wins_one_gets_409(ops, sharp_st_model, minilm)
     back = ops.post("/admin/rollback", {"model": str(sharp_st_model)}, headers=ops.admin())
     assert back.status_code == 200 and served(ops)[str(sharp_st_model)] == (str(sharp_st_model), 2), back.text
     series["after_rollback"] = rss(ops)
+    assert not any(e["model"] == str(minilm) for e in ops.engines()["memory"]["engines"])  # released
     print("RSS MiB swap/rollback:", {k: round(v / 2**20, 1) for k, v in series.items()})
 
 

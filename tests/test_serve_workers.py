@@ -72,3 +72,19 @@ def test_one_swap_reaches_every_worker(workers, st_model, zh_model):
     assert back.status_code == 200, back.text
     records = both_workers(workers, lambda w: w["generation"] == back.json()["generation"])
     assert all(w["served"][str(st_model)] == f"{st_model}@2" and w["load_count"] == 1 for w in records), records
+
+
+def test_load_and_unload_reach_every_worker(workers, cross_encoder):
+    loaded = workers.post("/admin/load", {"kind": "rerank", "model": str(cross_encoder), "alias": "reranker"},
+                          headers=workers.admin())
+    assert loaded.status_code == 200, loaded.text
+    generation = loaded.json()["generation"]
+    both_workers(workers, lambda w: w["generation"] >= generation and "reranker" in w["served"])
+    for _ in range(4):  # whichever worker answers, it serves the loaded model
+        assert workers.post("/rerank", {"model": "reranker", "query": "q", "texts": ["a", "b"]}).status_code == 200
+    unloaded = workers.post("/admin/unload", {"model": "reranker"}, headers=workers.admin())
+    assert unloaded.status_code == 200, unloaded.text
+    both_workers(workers, lambda w: w["generation"] >= unloaded.json()["generation"] and "reranker" not in w["served"])
+    for _ in range(4):
+        gone = workers.post("/rerank", {"model": "reranker", "query": "q", "texts": ["a"]})
+        assert gone.status_code == 404 and "reranker" in gone.json()["error"]["message"]

@@ -115,6 +115,7 @@ class Batcher:
                 return
             jobs, stop = self._collect(first)
             self._execute(jobs)
+            del first, jobs  # the jobs hold their engine: a swapped-out one must be free to go
             if stop:
                 return
 
