@@ -13,10 +13,12 @@ what the state file records, in every worker.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import threading
 import time
+import weakref
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
@@ -251,7 +253,13 @@ class Service:
             names = [model.current.served] if model.current else []
             names += entries.get(model.id, {}).get("history", [])[-1:]
             keep |= {(_group(model.kind), _hub.model_id(name)) for name in names}
-        return _cache.CACHE.release(lambda key: (_group(key.kind), key.model) not in keep)
+        def unused(key: Any) -> bool:
+            return (_group(key.kind), key.model) not in keep
+
+        doomed = [weakref.ref(engine) for key, engine in _cache.CACHE.engines() if unused(key)]
+        released = _cache.CACHE.release(unused)
+        _settle(doomed)
+        return released
 
     def _acknowledge(self) -> None:
         self.store.acknowledge({"pid": os.getpid(), "generation": self.generation,
@@ -301,6 +309,20 @@ def _function(kind: str) -> type:
     from ..reranker import BAAIRerankFunction
 
     return BAAIRerankFunction
+
+
+def _settle(doomed: list[weakref.ref], timeout_s: float = 10.0) -> None:
+    """Wait for requests still holding a released engine to finish, then return its memory.
+
+    The cache lets go of an engine at once, but a request in flight holds its snapshot until
+    it answers; memory freed after the cache's ``malloc_trim`` would stay with the process.
+    """
+    deadline = time.monotonic() + timeout_s
+    while any(ref() is not None for ref in doomed) and time.monotonic() < deadline:
+        time.sleep(0.05)
+        gc.collect()
+    if doomed:
+        _cache._free_memory()
 
 
 def _group(kind: str) -> str:
