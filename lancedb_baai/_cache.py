@@ -17,6 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ._device import dtype_reason
+
 logger = logging.getLogger(__name__)
 
 
@@ -152,7 +154,8 @@ class EngineCache:
         key = slot.key
         return {
             "model": key.model, "served": slot.served or key.model, "kind": key.kind,
-            "device": key.device, "dtype": key.dtype, "max_length": key.max_length,
+            "device": key.device, "dtype": key.dtype, "dtype_reason": dtype_reason(key.dtype, key.device),
+            "max_length": key.max_length,
             "revision": key.revision, "loads": slot.loads, "calls": slot.calls,
             "version": slot.version, "loaded": slot.engine is not None, "rollback_depth": len(slot.history),
             "pid": os.getpid(),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-import time
+import os
 from dataclasses import dataclass
 from typing import Literal
 
@@ -42,15 +42,41 @@ def resolve_device(device: str) -> str:
     return "cpu"
 
 
-def resolve_dtype(dtype: str, device: str) -> str:
-    """Turn "auto" into the fastest dtype that keeps bge's ranking on ``device``."""
-    if dtype != "auto":
-        return dtype
+DTYPE_ENV = "LANCEDB_BAAI_DTYPE"
+
+
+def auto_dtype(device: str) -> tuple[str, str]:
+    """The dtype "auto" means on ``device`` (a resolved device name), and why.
+
+    The answer depends only on the host (CPU flags, the torch build) and on
+    ``LANCEDB_BAAI_DTYPE``, never on a timing, so every process on one host agrees,
+    idle or loaded: vectors stored by one process and queries embedded by another
+    come from the same precision.
+    """
+    override = os.environ.get(DTYPE_ENV, "").strip()
+    if override and override != "auto":
+        if override not in DTYPES:
+            raise ValueError(f"{DTYPE_ENV}={override!r} is not supported; use one of {list(DTYPES)}")
+        return override, f"{DTYPE_ENV}={override} overrides \"auto\""
     if device.startswith("cuda"):
-        return "float16"
-    if device == "cpu" and cpu_bf16_report().use_bf16:
-        return "bfloat16"
-    return "float32"
+        return "float16", "float16 on CUDA"
+    if device == "cpu":
+        report = cpu_bf16_report()
+        return ("bfloat16" if report.use_bf16 else "float32"), report.reason()
+    return "float32", f"float32 on {device}"
+
+
+def resolve_dtype(dtype: str, device: str) -> str:
+    """Turn "auto" into the dtype :func:`auto_dtype` picks for ``device``; others pass through."""
+    return auto_dtype(device)[0] if dtype == "auto" else dtype
+
+
+def dtype_reason(dtype: str, device: str) -> str:
+    """Why an engine on ``device`` runs in ``dtype`` (both resolved), in one line."""
+    auto, why = auto_dtype(device)
+    if dtype == auto:
+        return why
+    return f"set explicitly (\"auto\" would give {auto}: {why})"
 
 
 def dtype_decision(dtype: str, device: str) -> tuple[str, str]:
@@ -67,21 +93,31 @@ def dtype_decision(dtype: str, device: str) -> tuple[str, str]:
 
 @dataclass(frozen=True)
 class Bf16Report:
-    """What the CPU offers for bfloat16 and whether "auto" takes it."""
+    """What the CPU offers for bfloat16 and whether "auto" takes it.
 
-    native: bool
+    ``flags`` are the native bf16 instruction sets the kernel reports; ``backend`` is
+    what torch's oneDNN backend says it can run in bf16 on them (None when no flag was
+    found, so torch is not imported just to say float32).
+    """
+
     flags: tuple[str, ...]
-    speedup: float | None
+    backend: bool | None
+
+    @property
+    def native(self) -> bool:
+        return bool(self.flags)
 
     @property
     def use_bf16(self) -> bool:
-        return self.native and self.speedup is not None and self.speedup > 1.15
+        return self.native and bool(self.backend)
 
     def reason(self) -> str:
         if not self.native:
-            return "no native bf16 instructions (avx512_bf16/amx_bf16) found: float32"
-        verdict = "bfloat16" if self.use_bf16 else "float32"
-        return f"native bf16 ({', '.join(self.flags)}), bf16 matmul {self.speedup:.2f}x fp32: {verdict}"
+            return "no native bf16 instructions (avx512_bf16/amx_bf16) on this CPU: float32"
+        found = ", ".join(self.flags)
+        if not self.backend:
+            return f"native bf16 ({found}) but this torch build's oneDNN cannot use it: float32"
+        return f"native bf16 ({found}) and torch's oneDNN runs bf16 on it: bfloat16"
 
 
 _BF16_FLAGS = ("avx512_bf16", "amx_bf16")
@@ -98,30 +134,21 @@ def _cpu_flags() -> set[str]:
     return set()
 
 
-@functools.cache
-def cpu_bf16_report() -> Bf16Report:
-    """Detect native bf16 and check once that a bf16 matmul really beats fp32 here."""
-    flags = tuple(f for f in _BF16_FLAGS if f in _cpu_flags())
-    if not flags:
-        return Bf16Report(False, (), None)
-    fp32 = _matmul_seconds("float32")
-    bf16 = _matmul_seconds("bfloat16")
-    return Bf16Report(True, flags, fp32 / bf16 if bf16 > 0 else None)
-
-
-def _matmul_seconds(dtype: str, size: int = 384, repeats: int = 6) -> float:
-    """Best-of time of an encoder-sized matmul (tokens x hidden x 4*hidden) in ``dtype``."""
+def _onednn_bf16() -> bool:
+    """Whether torch's oneDNN (mkldnn) backend is built in and supports bf16 on this CPU."""
     import torch
 
-    a = torch.randn(size, size, dtype=getattr(torch, dtype))
-    b = torch.randn(size, 4 * size, dtype=getattr(torch, dtype))
-    torch.matmul(a, b)
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        torch.matmul(a, b)
-        best = min(best, time.perf_counter() - start)
-    return best
+    if not torch.backends.mkldnn.is_available():
+        return False
+    check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    return bool(check()) if check is not None else True
+
+
+@functools.cache
+def cpu_bf16_report() -> Bf16Report:
+    """Native bf16 from the CPU flags, confirmed by torch's backend: no timing, one answer per host."""
+    flags = tuple(f for f in _BF16_FLAGS if f in _cpu_flags())
+    return Bf16Report(flags, _onednn_bf16() if flags else None)
 
 
 def torch_dtype(name: str):

@@ -186,14 +186,6 @@ def _device_reason(device: str) -> str:
     return f"no CUDA or MPS device ({build})"
 
 
-def _dtype_reason(device: str) -> str:
-    if device.startswith("cuda"):
-        return "float16 on CUDA"
-    if device == "cpu":
-        return _device.cpu_bf16_report().reason()
-    return f"float32 on {device}"
-
-
 def _offline() -> bool:
     from huggingface_hub import constants
 
@@ -203,6 +195,7 @@ def _offline() -> bool:
 def host_report() -> dict[str, Any]:
     """What ``info`` shows: versions, the "auto" device and dtype with reasons, the catalog."""
     device = _device.resolve_device("auto")
+    dtype, dtype_reason = _device.auto_dtype(device)
     models = []
     for spec in _catalog.CATALOG.values():
         path = _hub.cached_dir(spec.name, None)
@@ -212,7 +205,7 @@ def host_report() -> dict[str, Any]:
         "versions": _versions(),
         "python": sys.version.split()[0],
         "device": device, "device_reason": _device_reason(device),
-        "dtype": _device.resolve_dtype("auto", device), "dtype_reason": _dtype_reason(device),
+        "dtype": dtype, "dtype_reason": dtype_reason,
         "hub_cache": str(_hub.hub_cache_dir()), "offline": _offline(),
         "models": models,
     }
