@@ -23,6 +23,11 @@ _CHARS = "abcdefghijklmnopqrstuvwxyz0123456789"
 _PUNCT = ".,:;!?()[]{}'\"-_=+*/<>@#%&"
 
 
+def words(count: int, offset: int = 0) -> str:
+    """``count`` words of the tiny models' vocabulary, each a single token: exactly ``count`` tokens."""
+    return " ".join(_WORDS[(offset + i) % len(_WORDS)] for i in range(count))
+
+
 def write_vocab(directory: str | Path, extra_special: tuple[str, ...] = ()) -> Path:
     """Write a small WordPiece vocabulary that covers plain English and code text."""
     directory = Path(directory)
@@ -35,11 +40,19 @@ def write_vocab(directory: str | Path, extra_special: tuple[str, ...] = ()) -> P
     return path
 
 
-def _tokenizer(directory: Path, max_length: int):
+def _tokenizer(directory: Path, max_length: int, **special: str):
+    """A fast WordPiece tokenizer over :func:`write_vocab`'s vocabulary, on transformers 4.x and 5.x.
+
+    transformers 4.x takes the vocabulary file as ``vocab_file=`` (and ignores ``vocab=``);
+    5.x takes it as ``vocab=`` (and ignores ``vocab_file=``): ask the signature which.
+    """
+    import inspect
+
     from transformers import BertTokenizerFast
 
-    vocab = write_vocab(directory)
-    return BertTokenizerFast(vocab=str(vocab), model_max_length=max_length)
+    vocab = str(write_vocab(directory))
+    keyword = "vocab_file" if "vocab_file" in inspect.signature(BertTokenizerFast.__init__).parameters else "vocab"
+    return BertTokenizerFast(**{keyword: vocab}, model_max_length=max_length, **special)
 
 
 def _bert_config(vocab_size: int, hidden: int, layers: int, max_length: int, **extra):
@@ -56,20 +69,26 @@ def _bert_config(vocab_size: int, hidden: int, layers: int, max_length: int, **e
     )
 
 
-def build_plain_embedder(
-    directory: str | Path, hidden: int = 32, layers: int = 2, max_length: int = 128, seed: int = 0
-) -> Path:
-    """A plain ``AutoModel.save_pretrained`` export: weights and tokenizer, no ``modules.json``."""
+def _build_bert(directory: str | Path, model_class: str, hidden: int, layers: int, max_length: int,
+                seed: int, **config) -> Path:
+    """Save a randomly initialised ``transformers.<model_class>`` and its tokenizer to ``directory``."""
     import torch
-    from transformers import BertModel
+    import transformers
 
     directory = Path(directory)
     torch.manual_seed(seed)
     tokenizer = _tokenizer(directory, max_length)
-    model = BertModel(_bert_config(len(tokenizer), hidden, layers, max_length)).eval()
-    model.save_pretrained(directory)
+    model_config = _bert_config(len(tokenizer), hidden, layers, max_length, **config)
+    getattr(transformers, model_class)(model_config).eval().save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
+
+
+def build_plain_embedder(
+    directory: str | Path, hidden: int = 32, layers: int = 2, max_length: int = 128, seed: int = 0
+) -> Path:
+    """A plain ``AutoModel.save_pretrained`` export: weights and tokenizer, no ``modules.json``."""
+    return _build_bert(directory, "BertModel", hidden, layers, max_length, seed)
 
 
 def build_st_embedder(
@@ -108,17 +127,28 @@ def build_cross_encoder(
     directory: str | Path, hidden: int = 32, layers: int = 2, max_length: int = 128, seed: int = 0
 ) -> Path:
     """A single-label sequence classifier, shaped like bge-reranker-base (``num_labels=1``)."""
-    import torch
-    from transformers import BertForSequenceClassification
+    return _build_bert(directory, "BertForSequenceClassification", hidden, layers, max_length, seed, num_labels=1)
 
-    directory = Path(directory)
-    torch.manual_seed(seed)
-    tokenizer = _tokenizer(directory, max_length)
-    config = _bert_config(len(tokenizer), hidden, layers, max_length, num_labels=1)
-    model = BertForSequenceClassification(config).eval()
-    model.save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    return directory
+
+def sharpen(directory: str | Path, model_class: str, std: float, seed: int) -> Path:
+    """Redraw a saved model's weight matrices with standard deviation ``std``, in place.
+
+    Random models initialised the usual way (std 0.02) give nearly the same vector or
+    score for every input, so a contract test could not tell one text from another.
+    With wider weights different inputs give clearly different outputs. ``model_class``
+    names the ``transformers`` class that loads the directory, e.g. ``"AutoModel"``.
+    """
+    import torch
+    import transformers
+
+    model = getattr(transformers, model_class).from_pretrained(str(directory))
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.dim() == 2:
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * std)
+    model.save_pretrained(str(directory))
+    return Path(directory)
 
 
 def python_reference_paragraphs(limit: int | None = None, min_chars: int = 40) -> list[dict[str, str]]:
@@ -158,13 +188,11 @@ def build_m3_model(
     clearly different outputs), and the sparse head's bias makes most token weights positive.
     """
     import torch
-    from transformers import BertModel, BertTokenizerFast
+    from transformers import BertModel
 
     directory = Path(directory)
     torch.manual_seed(seed)
-    vocab = write_vocab(directory)
-    tokenizer = BertTokenizerFast(vocab=str(vocab), model_max_length=max_length,
-                                  bos_token="[CLS]", eos_token="[SEP]")
+    tokenizer = _tokenizer(directory, max_length, bos_token="[CLS]", eos_token="[SEP]")
     # Ids, not len(tokenizer): the shared vocabulary repeats a few words, so the last id is past the length.
     vocab_size = max(tokenizer.get_vocab().values()) + 1
     config = _bert_config(vocab_size, hidden, layers, max_length, initializer_range=std)
