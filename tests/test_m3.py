@@ -59,9 +59,14 @@ def other_m3_model(models_root):
 
 
 @pytest.fixture(scope="session")
-def flag_m3(m3_model):
-    flag = pytest.importorskip("FlagEmbedding")
-    return flag.BGEM3FlagModel(str(m3_model), use_fp16=False, devices="cpu")
+def long_m3_model(models_root):
+    """A tiny bge-m3 with 1024 positions: room to test past BGEM3FlagModel's 512-token default."""
+    return testing.build_m3_model(models_root / "long" / "BAAI" / "bge-m3", max_length=1024, seed=8)
+
+
+@pytest.fixture(scope="session")
+def flag_m3(m3_model, flag_embedding):
+    return flag_embedding.BGEM3FlagModel(str(m3_model), use_fp16=False, devices="cpu")
 
 
 @pytest.fixture(scope="session")
@@ -93,59 +98,64 @@ def two_column_table(tmp_path, model):
     return db, db.create_table("docs", schema=Doc, embedding_functions=configs)
 
 
-def max_diff(ours, theirs) -> float:
-    return max(float(np.abs(np.asarray(a) - np.asarray(b)).max(initial=0.0)) for a, b in zip(ours, theirs))
-
-
-def sparse_diff(ours: list[dict[int, float]], theirs: list[dict]) -> float:
-    worst = 0.0
-    for a, b in zip(ours, theirs):
-        assert set(a) == {int(k) for k in b}
-        worst = max([worst] + [abs(a[int(k)] - float(v)) for k, v in b.items()])
-    return worst
-
-
 # Parity with FlagEmbedding
 
 
-def test_three_outputs_match_flagembedding(m3_model, reference):
+def test_three_outputs_match_flagembedding(m3_model, reference, parity):
     out = BGEM3Embeddings(name=str(m3_model), **OPTIONS).encode(TEXTS, dense=True, sparse=True, colbert=True)
 
     assert out.dense.shape == (len(TEXTS), 32) and out.dense.dtype == np.float32
-    assert max_diff(out.dense, reference["dense_vecs"]) < TOL
-    assert sparse_diff(out.sparse, reference["lexical_weights"]) < TOL
+    parity.check("BGEM3FlagModel dense", out.dense, reference["dense_vecs"], TOL)
+    parity.check("BGEM3FlagModel lexical weights", out.sparse, reference["lexical_weights"], TOL)
     assert [len(v) for v in out.colbert] == [len(v) for v in reference["colbert_vecs"]]
-    assert max_diff(out.colbert, reference["colbert_vecs"]) < TOL
+    parity.check("BGEM3FlagModel colbert vectors", out.colbert, reference["colbert_vecs"], TOL)
     assert out.colbert[2].shape == (1, 32) and out.sparse[2] == {}  # "" is [CLS] [SEP]: one vector, no weights
     assert sum(len(w) for w in out.sparse) > len(TEXTS)  # the head gives real weights to check
 
 
+@pytest.mark.slow
+def test_beyond_512_tokens_matches_flagembedding_at_the_same_max_length(long_m3_model, flag_embedding, parity):
+    texts = [testing.words(900), testing.words(600, offset=5), testing.words(1500, offset=9), "sort a list"]
+    flag = flag_embedding.BGEM3FlagModel(str(long_m3_model), use_fp16=False, devices="cpu")
+    # max_length None is the model's own limit here (1024), as 8192 is bge-m3's; FlagEmbedding's default is 512.
+    ours = BGEM3Embeddings(name=str(long_m3_model), **OPTIONS).encode(texts, dense=True, sparse=True, colbert=True)
+    theirs = flag.encode(texts, batch_size=2, max_length=1024, return_dense=True, return_sparse=True,
+                         return_colbert_vecs=True)
+
+    assert [len(c) for c in ours.colbert] == [len(c) for c in theirs["colbert_vecs"]] == [901, 601, 1023, 4]
+    parity.check("BGEM3FlagModel dense, 1024 tokens", ours.dense, theirs["dense_vecs"], TOL)
+    parity.check("BGEM3FlagModel lexical weights, 1024 tokens", ours.sparse, theirs["lexical_weights"], TOL)
+    parity.check("BGEM3FlagModel colbert vectors, 1024 tokens", ours.colbert, theirs["colbert_vecs"], TOL)
+    at_512 = flag.encode(texts[:1], max_length=512, return_colbert_vecs=True)["colbert_vecs"][0]
+    assert len(at_512) == 511 and np.abs(at_512 - ours.colbert[0][:511]).max() > TOL  # the rest of the text counts
+
+
 @pytest.mark.parametrize("weights", [(0.4, 0.2, 0.4), (1.0, 0.3, 1.0)])
-def test_scores_match_flagembedding_compute_score(m3_model, flag_m3, weights):
+def test_scores_match_flagembedding_compute_score(m3_model, flag_m3, weights, parity):
     ours = BGEM3Embeddings(name=str(m3_model), weights=weights, **OPTIONS).score_modes(QUERY, TEXTS)
     # One pair per batch: FlagEmbedding's batched MaxSim also counts the zero vectors of padding.
     theirs = flag_m3.compute_score([(QUERY, t) for t in TEXTS], batch_size=1, max_query_length=128,
                                    max_passage_length=128, weights_for_different_modes=list(weights))
 
     for key in ("dense", "sparse", "colbert", "sparse+dense", "colbert+sparse+dense"):
-        assert np.abs(np.array(ours[key]) - np.array(theirs[key])).max() < TOL, key
+        parity.check(f"BGEM3FlagModel compute_score {key} {weights}", ours[key], theirs[key], TOL)
     assert len(set(np.round(ours["colbert+sparse+dense"], 4))) > 3  # scores tell passages apart
 
 
-def test_local_baai_on_m3_gives_dense_vectors_from_the_m3_engine(m3_model, reference):
+def test_local_baai_on_m3_gives_dense_vectors_from_the_m3_engine(m3_model, reference, parity):
     dense, colbert = functions(m3_model)
 
     vectors = dense.generate_embeddings(TEXTS)
 
     assert dense.engine_key() == colbert.engine_key() and dense.engine_key().kind == "m3"
-    assert max_diff(vectors, reference["dense_vecs"]) < TOL
+    parity.check("BGEM3FlagModel dense via local-baai", vectors, reference["dense_vecs"], TOL)
     assert dense.ndims() == colbert.ndims() == 32
 
 
 # One pass, one load
 
 
-def test_dense_then_colbert_runs_one_pass_per_batch(m3_model, reference):
+def test_dense_then_colbert_runs_one_pass_per_batch(m3_model, reference, parity):
     dense, colbert = functions(m3_model)  # creating the ColBERT function asks for its vectors with every pass
     engine = dense.engine()
 
@@ -156,12 +166,13 @@ def test_dense_then_colbert_runs_one_pass_per_batch(m3_model, reference):
 
     assert after_dense - start == math.ceil(len(TEXTS) / OPTIONS["batch_size"])
     assert engine.forward_passes == after_dense  # the ColBERT column came from the same passes
-    assert max_diff([np.stack(m) for m in multivectors], reference["colbert_vecs"]) < TOL
+    parity.check("BGEM3FlagModel colbert via local-baai-m3-colbert", [np.stack(m) for m in multivectors],
+                 reference["colbert_vecs"], TOL)
     colbert.generate_embeddings(TEXTS[:3])  # other texts: computed, not served stale
     assert engine.forward_passes == after_dense + 1
 
 
-def test_table_with_dense_and_colbert_columns_runs_one_pass_per_batch(tmp_path, m3_model, reference):
+def test_table_with_dense_and_colbert_columns_runs_one_pass_per_batch(tmp_path, m3_model, reference, parity):
     _, table = two_column_table(tmp_path, m3_model)
     engine = table.embedding_functions["vector"].function.engine()
     start = engine.forward_passes
@@ -170,9 +181,10 @@ def test_table_with_dense_and_colbert_columns_runs_one_pass_per_batch(tmp_path, 
 
     assert engine.forward_passes - start == math.ceil(len(TEXTS) / OPTIONS["batch_size"])
     stored = table.to_arrow()
-    assert max_diff(stored["vector"].to_numpy(zero_copy_only=False), reference["dense_vecs"]) < TOL
+    parity.check("BGEM3FlagModel dense in a table", np.stack(stored["vector"].to_numpy(zero_copy_only=False)),
+                 reference["dense_vecs"], TOL)
     colbert = [np.array(row, dtype=np.float32) for row in stored["colbert"].to_pylist()]
-    assert max_diff(colbert, reference["colbert_vecs"]) < TOL
+    parity.check("BGEM3FlagModel colbert in a table", colbert, reference["colbert_vecs"], TOL)
     assert [len(c) for c in colbert] == [len(c) for c in reference["colbert_vecs"]]
 
 
@@ -214,7 +226,7 @@ def test_multivector_column_round_trip_and_maxsim_search(tmp_path, m3_model, ref
     assert results["_distance"].to_pylist() == sorted(results["_distance"].to_pylist())
 
 
-def test_sparse_column_stores_lexical_weights_without_another_pass(tmp_path, m3_model, reference):
+def test_sparse_column_stores_lexical_weights_without_another_pass(tmp_path, m3_model, reference, parity):
     dense, _ = functions(m3_model)
 
     schema = pa.schema([pa.field("text", pa.string()), pa.field("vector", pa.list_(pa.float32(), dense.ndims())),
@@ -229,8 +241,9 @@ def test_sparse_column_stores_lexical_weights_without_another_pass(tmp_path, m3_
     assert column.type == SPARSE_TYPE
     assert engine.forward_passes - start == math.ceil(len(TEXTS) / OPTIONS["batch_size"])
     stored = [{p["token_id"]: p["weight"] for p in row} for row in table.to_arrow()["sparse"].to_pylist()]
-    assert sparse_diff(stored, reference["lexical_weights"]) < TOL
-    assert max_diff(table.to_arrow()["vector"].to_numpy(zero_copy_only=False), reference["dense_vecs"]) < TOL
+    parity.check("BGEM3FlagModel lexical weights in a table", stored, reference["lexical_weights"], TOL)
+    parity.check("BGEM3FlagModel dense beside a sparse column",
+                 np.stack(table.to_arrow()["vector"].to_numpy(zero_copy_only=False)), reference["dense_vecs"], TOL)
 
 
 @pytest.mark.xfail(strict=True, reason="LanceDB 0.40's _append_vector_columns nulls any multi-vector whose "
@@ -256,7 +269,7 @@ def searchable(tmp_path, m3_model):
 
 
 @pytest.mark.parametrize("query_type", ["vector", "fts", "hybrid", "multivector"])
-def test_reranker_scores_are_flagembedding_compute_score(searchable, m3_model, flag_m3, query_type):
+def test_reranker_scores_are_flagembedding_compute_score(searchable, m3_model, flag_m3, query_type, parity):
     query = "sort the items of a list"
     reranker = BGEM3Reranker(str(m3_model), **OPTIONS)
     if query_type == "multivector":
@@ -272,7 +285,7 @@ def test_reranker_scores_are_flagembedding_compute_score(searchable, m3_model, f
     theirs = flag_m3.compute_score([(query, t) for t in results["text"].to_pylist()], batch_size=1,
                                    max_query_length=128, max_passage_length=128,
                                    weights_for_different_modes=[0.4, 0.2, 0.4])["colbert+sparse+dense"]
-    assert np.abs(scores.to_numpy() - np.array(theirs)).max() < TOL
+    parity.check(f"BGEM3Reranker after {query_type} search", scores.to_numpy(), theirs, TOL)
 
 
 def test_reranker_return_all_keeps_search_scores(searchable, m3_model):

@@ -13,7 +13,8 @@ from lancedb.index import FTS
 from lancedb.pydantic import LanceModel, Vector
 
 import lancedb_baai
-from lancedb_baai import BAAIRerankFunction, BAAIReranker, testing
+from lancedb_baai import BAAIRerankFunction, BAAIReranker
+from lancedb_baai.testing import words
 
 QUERY = "how do I sort a list in python"
 PASSAGES = [
@@ -40,8 +41,6 @@ CORPUS = [
     "the global statement names a variable of the module scope",
     "string slice syntax returns part of the text",
 ]
-# Single-token words of the tiny models' vocabulary: n words are exactly n tokens.
-WORDS = list(testing._WORDS)
 
 
 def make_function(path, **options) -> BAAIRerankFunction:
@@ -49,15 +48,10 @@ def make_function(path, **options) -> BAAIRerankFunction:
     return get_registry().get("local-baai-rerank").create(name=str(path), **options)
 
 
-def words(count: int, offset: int = 0) -> str:
-    return " ".join(WORDS[(offset + i) % len(WORDS)] for i in range(count))
-
-
 @pytest.fixture(scope="module")
-def flag_reranker(sharp_cross_encoder):
+def flag_reranker(sharp_cross_encoder, flag_embedding):
     """FlagEmbedding's own reranker on the same directory: the reference for bge semantics."""
-    flag = pytest.importorskip("FlagEmbedding")
-    return flag.FlagReranker(str(sharp_cross_encoder), use_fp16=False, devices="cpu", max_length=128)
+    return flag_embedding.FlagReranker(str(sharp_cross_encoder), use_fp16=False, devices="cpu", max_length=128)
 
 
 # --- scores equal the reference implementations ------------------------------------------------
@@ -92,15 +86,15 @@ def test_scores_equal_cross_encoder_predict_without_activation(sharp_cross_encod
 
 
 @pytest.mark.slow
-def test_scores_equal_flag_reranker(sharp_cross_encoder, flag_reranker):
+def test_scores_equal_flag_reranker(sharp_cross_encoder, flag_reranker, parity):
     # FlagReranker encodes an empty passage as a single sentence ([CLS] q [SEP], no second
     # [SEP]); the tokenizer's pair encoding, which transformers and CrossEncoder agree on, keeps it.
     passages = [p for p in PASSAGES if p]
     pairs = [[QUERY, p] for p in passages]
     raw = make_function(sharp_cross_encoder).score(QUERY, passages)
-    np.testing.assert_allclose(raw, flag_reranker.compute_score(pairs), atol=1e-4)
+    parity.check("FlagReranker raw scores", raw, flag_reranker.compute_score(pairs), 1e-4)
     normalized = make_function(sharp_cross_encoder, normalize=True).score(QUERY, passages)
-    np.testing.assert_allclose(normalized, flag_reranker.compute_score(pairs, normalize=True), atol=1e-5)
+    parity.check("FlagReranker normalized scores", normalized, flag_reranker.compute_score(pairs, normalize=True), 1e-5)
 
 
 def test_normalize_is_sigmoid_of_the_logit(sharp_cross_encoder):
@@ -142,12 +136,12 @@ def test_long_query_is_capped_rather_than_raising(sharp_cross_encoder):
 
 
 @pytest.mark.slow
-def test_truncation_matches_flag_reranker(sharp_cross_encoder, flag_reranker):
+def test_truncation_matches_flag_reranker(sharp_cross_encoder, flag_reranker, parity):
     pairs = [["python function", words(3000)], [words(400, offset=7), "sort the list"],
              [words(400, offset=3), words(3000, offset=11)]]
     fn = make_function(sharp_cross_encoder)
     ours = [fn.score(q, [p])[0] for q, p in pairs]
-    np.testing.assert_allclose(ours, flag_reranker.compute_score(pairs), atol=1e-4)
+    parity.check("FlagReranker long passage / long query", ours, flag_reranker.compute_score(pairs), 1e-4)
 
 
 # --- BAAIReranker on a real LanceDB table ------------------------------------------------------
