@@ -36,13 +36,13 @@ MAX_LENGTH, LONG_MAX_LENGTH = 128, 1024
 M3_WEIGHTS = (0.4, 0.2, 0.4)
 INSTRUCTION = "Represent this sentence for searching relevant passages: "  # FlagModel gets it spelt out
 
-QUERY = "how do I sort a list in python"
+QUERY = "how do I sort the items of a list"
 PASSAGES = [
-    "sort the list with the sort method or the sorted function",
-    "a dict maps each key to a value",
-    "the python import statement loads a module",
-    "an exception is raised when an error occurs in the code",
-    "to read a file open it and call read",
+    "the sorted function returns a new list in order",
+    "open the file and read each line in a loop",
+    "a lambda is a small function with no name",
+    "import the module from the package to call it",
+    "an error in the try block goes to the except block",
 ]
 M3_TEXTS = [
     "how do I open a file in python",
