@@ -71,24 +71,15 @@ def resolve_dtype(dtype: str, device: str) -> str:
     return auto_dtype(device)[0] if dtype == "auto" else dtype
 
 
-def dtype_reason(dtype: str, device: str) -> str:
-    """Why an engine on ``device`` runs in ``dtype`` (both resolved), in one line."""
-    auto, why = auto_dtype(device)
-    if dtype == auto:
-        return why
-    return f"set explicitly (\"auto\" would give {auto}: {why})"
-
-
 def dtype_decision(dtype: str, device: str) -> tuple[str, str]:
-    """The dtype ``dtype`` resolves to on ``device``, and why (for cache_info and table metadata)."""
-    resolved = resolve_dtype(dtype, device)
-    if dtype != "auto":
-        return resolved, "asked for"
-    if device.startswith("cuda"):
-        return resolved, "auto on CUDA: float16"
-    if device == "cpu":
-        return resolved, f"auto on CPU: {cpu_bf16_report().reason()}"
-    return resolved, f"auto on {device}: float32"
+    """The dtype a configured ``dtype`` resolves to on ``device``, and why (for table metadata)."""
+    return auto_dtype(device) if dtype == "auto" else (dtype, "asked for")
+
+
+def dtype_reason(dtype: str, device: str) -> str:
+    """Why an engine keyed by a resolved ``dtype`` on ``device`` runs in it (for cache_info)."""
+    auto, why = auto_dtype(device)
+    return why if dtype == auto else f"asked for (\"auto\" would give {auto}: {why})"
 
 
 @dataclass(frozen=True)

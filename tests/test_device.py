@@ -95,7 +95,9 @@ def test_cache_info_and_cli_info_give_the_reason(monkeypatch, st_model):
     lancedb_baai.BAAIEmbeddings(name=str(st_model), device="cpu", dtype=other).generate_embeddings(["a"])
 
     reasons = {r["dtype"]: r["dtype_reason"] for r in lancedb_baai.cache_info()}
-    assert reasons == {auto: why, other: f'set explicitly ("auto" would give {auto}: {why})'}
+    assert reasons == {auto: why, other: f'asked for ("auto" would give {auto}: {why})'}
+    stored = lancedb_baai.BAAIEmbeddings(name=str(st_model), device="cpu").provenance()  # table metadata
+    assert (stored["dtype"], stored["dtype_reason"]) == (auto, why)
     result = CliRunner().invoke(app, ["info", "--json"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
