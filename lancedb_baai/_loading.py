@@ -41,7 +41,7 @@ def load_engine(key: EngineKey, trust_remote_code: bool = False, show_progress: 
     start = time.perf_counter()
     path = _hub.resolve(key.model, key.revision)
     _hub.check_files(path)
-    with _quiet(show_progress), _hub.explain_broken(path):
+    with quiet_transformers(show_progress), _hub.explain_broken(path):
         engine = _LOADERS[key.kind](key, path, trust_remote_code)
     engine.model.to(device=key.device, dtype=torch_dtype(key.dtype)).eval()
     logger.info("loaded %s model %s on %s as %s in %.2fs", key.kind, key.model, key.device,
@@ -50,8 +50,8 @@ def load_engine(key: EngineKey, trust_remote_code: bool = False, show_progress: 
 
 
 @contextmanager
-def _quiet(show_progress: bool) -> Iterator[None]:
-    """No transformers progress bar or load report during a load unless asked for."""
+def quiet_transformers(show_progress: bool = False) -> Iterator[None]:
+    """No transformers progress bar or load report inside the block unless asked for."""
     from transformers.utils import logging as hf_logging
 
     bar_was_on, verbosity = hf_logging.is_progress_bar_enabled(), hf_logging.get_verbosity()

@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ._loading import quiet_transformers
+
 _WORDS = (
     "the a an of and to in is it for on with as by at from or not be are this that "
     "python function class list dict set tuple string bytes int float return value "
@@ -79,8 +81,9 @@ def _build_bert(directory: str | Path, model_class: str, hidden: int, layers: in
     torch.manual_seed(seed)
     tokenizer = _tokenizer(directory, max_length)
     model_config = _bert_config(len(tokenizer), hidden, layers, max_length, **config)
-    getattr(transformers, model_class)(model_config).eval().save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
+    with quiet_transformers():
+        getattr(transformers, model_class)(model_config).eval().save_pretrained(directory)
+        tokenizer.save_pretrained(directory)
     return directory
 
 
@@ -147,7 +150,8 @@ def sharpen(directory: str | Path, model_class: str, std: float, seed: int) -> P
         for parameter in model.parameters():
             if parameter.dim() == 2:
                 parameter.copy_(torch.randn(parameter.shape, generator=generator) * std)
-    model.save_pretrained(str(directory))
+    with quiet_transformers():
+        model.save_pretrained(str(directory))
     return Path(directory)
 
 
@@ -196,8 +200,9 @@ def build_m3_model(
     # Ids, not len(tokenizer): the shared vocabulary repeats a few words, so the last id is past the length.
     vocab_size = max(tokenizer.get_vocab().values()) + 1
     config = _bert_config(vocab_size, hidden, layers, max_length, initializer_range=std)
-    BertModel(config).eval().save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
+    with quiet_transformers():
+        BertModel(config).eval().save_pretrained(directory)
+        tokenizer.save_pretrained(directory)
     colbert, sparse = torch.nn.Linear(hidden, hidden), torch.nn.Linear(hidden, 1)
     with torch.no_grad():
         sparse.bias.fill_(sparse_bias)
