@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, Field, ValidationInfo, field_validator, model_validator
 
 from . import _hub
 from ._cache import CACHE, EngineKey
@@ -22,7 +22,43 @@ SENSITIVE_FIELDS = ("api_key",)
 """Options LanceDB's ``create()`` takes only as ``$var:NAME``; never shown, never stored literally."""
 
 
-class EngineConfig(BaseModel):
+def as_str(value: Any) -> Any:
+    """A path-like value as the string pydantic fields hold; anything else as it is."""
+    return os.fspath(value) if isinstance(value, os.PathLike) else value
+
+
+PathStr = Annotated[str, BeforeValidator(as_str)]
+"""A string field that also takes a ``pathlib.Path`` (stored as its string)."""
+
+
+class EngineOptions(BaseModel):
+    """The options that choose an engine: which model, where, in which dtype, how long and how batched.
+
+    Shared by the registered functions (:class:`EngineConfig`) and the server's model
+    options, so both validate them the same way.
+    """
+
+    name: PathStr
+    revision: str | None = None
+    device: str = "auto"
+    dtype: str = "auto"
+    batch_size: int = Field(default=32, gt=0)
+    max_length: int | None = Field(default=None, gt=0)
+
+    @field_validator("device", "dtype")
+    @classmethod
+    def _supported(cls, value: str, info: ValidationInfo) -> str:
+        return {"device": check_device, "dtype": check_dtype}[info.field_name](value)
+
+    @field_validator("name")
+    @classmethod
+    def _valid_name(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("name is empty; pass a hub id such as 'BAAI/bge-small-en-v1.5' or a model directory")
+        return value
+
+
+class EngineConfig(EngineOptions):
     """Which model to run and where: the fields that pick an engine from the cache.
 
     Only strings, numbers and flags live here, so the object pickles, deep-copies and
@@ -32,12 +68,6 @@ class EngineConfig(BaseModel):
 
     engine_kind: ClassVar[str] = "embed"
 
-    name: str
-    revision: str | None = None
-    device: str = "auto"
-    dtype: str = "auto"
-    batch_size: int = Field(default=32, gt=0)
-    max_length: int | None = Field(default=None, gt=0)
     trust_remote_code: bool = False
     show_progress: bool | None = None
     url: str | None = None
@@ -74,28 +104,6 @@ class EngineConfig(BaseModel):
         logger.warning("ignoring option(s) %s stored by lancedb_baai %s: this version does not know "
                        "them (upgrade lancedb_baai to use them)", unknown, version)
         return {k: v for k, v in data.items() if k not in unknown}
-
-    @field_validator("device")
-    @classmethod
-    def _valid_device(cls, value: str) -> str:
-        return check_device(value)
-
-    @field_validator("dtype")
-    @classmethod
-    def _valid_dtype(cls, value: str) -> str:
-        return check_dtype(value)
-
-    @field_validator("name", mode="before")
-    @classmethod
-    def _path_as_str(cls, value: Any) -> Any:
-        return os.fspath(value) if isinstance(value, os.PathLike) else value
-
-    @field_validator("name")
-    @classmethod
-    def _valid_name(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("name is empty; pass a hub id such as 'BAAI/bge-small-en-v1.5' or a model directory")
-        return value
 
     @model_validator(mode="after")
     def _key_needs_url(self) -> EngineConfig:

@@ -13,7 +13,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
-from .._device import check_device, check_dtype
+from .._config import EngineOptions, PathStr
 
 ADMIN_TOKEN_ENV = "LANCEDB_BAAI_ADMIN_TOKEN"
 """The environment variable the CLI reads the admin token from (never a command-line option)."""
@@ -31,7 +31,7 @@ _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
           "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
 
 
-class ModelOptions(BaseModel):
+class ModelOptions(EngineOptions):
     """One model the server serves, under the id clients send as ``model``: ``alias``, else ``name``.
 
     An alias lets clients that only know fixed model names (LanceDB's ``openai`` function
@@ -39,27 +39,7 @@ class ModelOptions(BaseModel):
     """
 
     kind: ServedKind
-    name: str
     alias: str | None = None
-    device: str = "auto"
-    dtype: str = "auto"
-    max_length: int | None = Field(default=None, gt=0)
-    batch_size: int = Field(default=32, gt=0)
-
-    @field_validator("name", mode="before")
-    @classmethod
-    def _path_as_str(cls, value: object) -> object:
-        return os.fspath(value) if isinstance(value, os.PathLike) else value
-
-    @field_validator("device")
-    @classmethod
-    def _device(cls, value: str) -> str:
-        return check_device(value)
-
-    @field_validator("dtype")
-    @classmethod
-    def _dtype(cls, value: str) -> str:
-        return check_dtype(value)
 
     @property
     def id(self) -> str:
@@ -73,8 +53,8 @@ class ModelOptions(BaseModel):
 
     def engine_options(self) -> dict[str, object]:
         """The options that pick the engine, as the package's functions take them."""
-        return {"device": self.device, "dtype": self.dtype, "max_length": self.max_length,
-                "batch_size": self.batch_size}
+        return {"revision": self.revision, "device": self.device, "dtype": self.dtype,
+                "max_length": self.max_length, "batch_size": self.batch_size}
 
 
 class ServeConfig(BaseModel):
@@ -113,7 +93,7 @@ class ServeConfig(BaseModel):
     port: int = Field(default=8000, ge=0, le=65535)
     workers: int = Field(default=1, ge=1)
     threads: int | None = Field(default=None, ge=1)
-    state_dir: str | None = None
+    state_dir: PathStr | None = None
     admin_token: str | None = None
     micro_batching: bool = True
     batch_wait_ms: float = Field(default=2.0, ge=0)
@@ -141,11 +121,6 @@ class ServeConfig(BaseModel):
         if any(not key.strip() for key in value):
             raise ValueError(f"an API key is empty; pass --api-key SECRET or set {API_KEYS_ENV}=key1,key2")
         return value
-
-    @field_validator("state_dir", mode="before")
-    @classmethod
-    def _dir_as_str(cls, value: object) -> object:
-        return os.fspath(value) if isinstance(value, os.PathLike) else value
 
     @field_validator("admin_token")
     @classmethod
