@@ -58,7 +58,7 @@ def redact(nb, workdir: Path):
     """Stored outputs without this machine's paths: the venv and the run's folder get placeholders."""
     site = Path(pytest.__file__).resolve().parents[1]
     replacements = [(str(site), "<site-packages>"), (str(Path(workdir).resolve()), "<workdir>"),
-                    (str(workdir), "<workdir>"), (tempfile.gettempdir(), "<tmp>")]
+                    (str(workdir), "<workdir>"), (tempfile.gettempdir() + os.sep, "<tmp>/")]
 
     def clean(text: str) -> str:
         for old, new in replacements:
