@@ -26,7 +26,7 @@ $(REF_VENV)/.installed: pyproject.toml lowest-versions.txt
 	$(PYTHON) -m venv $(REF_VENV)
 	$(REF_PY) -m pip install -q --upgrade pip
 	$(REF_PY) -m pip install -q "$(TORCH_PIN)"
-	$(REF_PY) -m pip install -q -c lowest-versions.txt -e ".[dev,ref]" "$(TORCH_PIN)"
+	$(REF_PY) -m pip install -q -c lowest-versions.txt -e ".[test,ref]" "$(TORCH_PIN)"
 	touch $@
 
 test: $(VENV)/.installed
@@ -38,7 +38,7 @@ test: $(VENV)/.installed
 # only (they call the same library code, and twice the suite would not fit CI's time).
 PARITY_TESTS ?= tests/test_golden.py tests/test_device.py tests/test_m3.py tests/test_reranker.py \
 	tests/test_embeddings.py tests/test_options.py tests/test_loading.py tests/test_catalog.py \
-	tests/test_hub.py tests/test_batching.py tests/test_reprs.py tests/test_layout.py tests/test_trust.py
+	tests/test_hub.py tests/test_batching.py tests/test_reprs.py tests/test_trust.py
 
 parity: $(REF_VENV)/.installed
 	HF_HUB_OFFLINE=1 LANCEDB_BAAI_REQUIRE_REFERENCE=1 $(REF_PY) -m pytest $(PARITY_TESTS)
