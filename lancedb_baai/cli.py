@@ -228,12 +228,21 @@ def _format_report(report: dict[str, Any]) -> str:
 
 
 @app.command()
-def info(as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of text.")) -> None:
+def info(as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of text."),
+         table: Optional[tuple[str, str]] = typer.Option(
+             None, "--table", metavar="URI NAME",
+             help="Show which model made each vector column of this table, and whether it drifted.")) -> None:
     """Versions, the device and dtype "auto" picks on this host and why, and the known bge models.
 
-    Example: `lancedb-baai info --json | jq .dtype`
+    Example: `lancedb-baai info --json | jq .dtype`; `lancedb-baai info --table ./db docs`
     """
     with _errors():
+        if table and all(table):
+            import lancedb
+
+            models = lancedb_baai.describe(lancedb.connect(table[0]).open_table(table[1]))
+            typer.echo(json.dumps(models, indent=2) if as_json else str(models))
+            return
         report = host_report()
         typer.echo(json.dumps(report, indent=2) if as_json else _format_report(report))
 

@@ -195,3 +195,19 @@ def test_m3_dense_and_colbert_columns_record_their_own_fingerprints(tmp_path, m3
     assert rows["dense"]["status"] == rows["colbert"]["status"] == "ok"
     hits = reopen(tmp_path / "db").search("anonymous function", vector_column_name="colbert").limit(1).to_list()
     assert len(hits) == 1
+
+
+def test_cli_info_table_shows_the_columns_model(tmp_path, own_model):
+    from typer.testing import CliRunner
+
+    from lancedb_baai import cli
+
+    make_table(tmp_path / "db", own_model)
+    result = CliRunner().invoke(cli.app, ["info", "--table", str(tmp_path / "db"), "docs"])
+    assert result.exit_code == 0, result.output
+    assert "vector" in result.output and "ok" in result.output and "32" in result.output
+    as_json = CliRunner().invoke(cli.app, ["info", "--json", "--table", str(tmp_path / "db"), "docs"])
+    [row] = json.loads(as_json.output)
+    assert row["status"] == "ok" and row["fingerprint"]["output"] == "dense"
+    missing = CliRunner().invoke(cli.app, ["info", "--table", str(tmp_path / "db"), "nope"])
+    assert missing.exit_code == 1 and "nope" in missing.output
