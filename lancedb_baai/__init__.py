@@ -15,6 +15,7 @@ from .drift import EmbeddingDriftError, describe
 from .embeddings import BAAIEmbeddings
 from .lifecycle import loaded, preload, release, rollback, swap
 from .m3 import BGEM3ColbertEmbeddings, BGEM3Embeddings, BGEM3Reranker, fill_multivectors, sparse_column
+from .reembed import reembed
 from .reranker import BAAIRerankFunction, BAAIReranker
 
 
@@ -35,6 +36,6 @@ def load_count() -> int:
 __all__ = [
     "BAAIEmbeddings", "BAAIRerankFunction", "BAAIReranker",
     "BGEM3Embeddings", "BGEM3ColbertEmbeddings", "BGEM3Reranker", "fill_multivectors", "sparse_column",
-    "EmbeddingDriftError", "describe",
+    "EmbeddingDriftError", "describe", "reembed",
     "allow_remote_code", "allow_url", "cache_info", "load_count", "preload", "release", "loaded", "swap", "rollback", "__version__",
 ]
