@@ -33,7 +33,7 @@ from ._config import EmbedderConfig
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["reembed"]
+__all__ = ["fill_missing", "reembed"]
 
 
 def reembed(table: Any, function: EmbedderConfig, *, column: str | None = None, source: str | None = None,
@@ -137,13 +137,26 @@ def _fill(table: Any, function: EmbedderConfig, source: str, column: str, batch_
 
     @lance.batch_udf(output_schema=pa.schema([field]), checkpoint_file=str(checkpoint))
     def embed(batch: pa.RecordBatch) -> pa.RecordBatch:
-        texts = batch[source].to_pylist()
-        vectors = function.generate_embeddings(["" if t is None else t for t in texts])
-        flat = pa.array([float(x) for v in vectors for x in v], pa.float32()) if vectors else pa.array([], pa.float32())
-        return pa.RecordBatch.from_arrays([pa.FixedSizeListArray.from_arrays(flat, dims)], schema=pa.schema([field]))
+        vectors = _vectors(function, batch[source].to_pylist(), field.type)
+        return pa.RecordBatch.from_arrays([vectors], schema=pa.schema([field]))
 
     table.to_lance().add_columns(embed, read_columns=[source], batch_size=batch_size)
     table.checkout_latest()
+
+
+def _vectors(function: EmbedderConfig, texts: list[str | None], kind: pa.DataType) -> pa.Array:
+    """``function``'s vectors of ``texts`` as an array of ``kind``; a null text gets a null vector."""
+    import numpy as np
+
+    present = [i for i, t in enumerate(texts) if t is not None]
+    made = np.asarray(function.generate_embeddings([texts[i] for i in present]) if present else [],
+                      dtype=np.float32).reshape(len(present), kind.list_size)
+    if len(present) == len(texts):
+        return pa.FixedSizeListArray.from_arrays(pa.array(made.ravel()), type=kind)
+    rows: list[Any] = [None] * len(texts)
+    for i, vector in zip(present, made):
+        rows[i] = vector.tolist()
+    return pa.array(rows, type=kind)
 
 
 def _switch(table: Any, function: EmbedderConfig, plan: dict[str, Any]) -> None:
@@ -160,3 +173,72 @@ def _switch(table: Any, function: EmbedderConfig, plan: dict[str, Any]) -> None:
     table.to_lance().update_schema_metadata({"embedding_functions": json.dumps(entries, indent=2)})
     table.checkout_latest()
     table.__dict__.pop("embedding_functions", None)  # LanceTable caches the parsed functions
+
+
+def fill_missing(table: Any, *, key: str, column: str | None = None, batch_size: int = 256,
+                 checkpoint: str | Path | None = None) -> dict[str, Any]:
+    """Embed the rows whose vector is null with the column's own function, in one commit.
+
+    Such rows come from writes that skip the embedding function (``lance`` directly, an
+    ``update`` or ``merge_insert`` of other columns, rows left for later). Vectors already
+    present stay bit for bit. Batches are kept in a checkpoint directory until the final
+    ``merge_insert`` on ``key``, so a killed run resumes; the column's drift guard applies.
+
+    Parameters
+    ----------
+    table : lancedb.table.LanceTable
+    key : str
+        A column with a unique value per row, to write the vectors back by.
+    column : str, optional
+        The vector column; default the table's only embedding column.
+    batch_size : int, default 256
+    checkpoint : path, optional
+        Directory for the finished batches; default one per (table, column, version).
+
+    Returns
+    -------
+    dict
+        ``status`` ("filled" or "complete"), ``column``, ``rows`` (filled), ``version_before``, ``version_after``.
+    """
+    functions = table.embedding_functions
+    column = column or (next(iter(functions)) if len(functions) == 1 else None)
+    if column not in functions:
+        raise ValueError(f"pass column= one of the embedding columns {sorted(functions)}")
+    conf, names = functions[column], table.schema.names
+    if key not in names or conf.source_column not in names:
+        missing = key if key not in names else conf.source_column
+        raise ValueError(f"column {missing!r} not found; columns are {names}")
+    version = table.version
+    todo = table.to_lance().to_table(columns=[key, conf.source_column],
+                                     filter=f"{column} IS NULL AND {conf.source_column} IS NOT NULL").sort_by(key)
+    if todo.num_rows == 0:
+        return {"status": "complete", "column": column, "rows": 0, "version_before": version, "version_after": version}
+    directory = Path(checkpoint) if checkpoint else _checkpoint_path(table, f"{column}@{version}", conf.function)
+    directory = directory.with_suffix(".fill")
+    directory.mkdir(parents=True, exist_ok=True)
+    kind = table.schema.field(column).type
+    parts = [_filled_batch(directory / f"{i:06d}.arrow", todo.slice(start, batch_size), key,
+                           conf.source_column, column, conf.function, kind)
+             for i, start in enumerate(range(0, todo.num_rows, batch_size))]
+    updates = pa.concat_tables(parts)
+    table.to_lance().merge_insert(key).when_matched_update_all().execute(updates)
+    table.checkout_latest()
+    import shutil
+
+    shutil.rmtree(directory, ignore_errors=True)
+    return {"status": "filled", "column": column, "rows": updates.num_rows, "version_before": version,
+            "version_after": table.version}
+
+
+def _filled_batch(part: Path, rows: pa.Table, key: str, source: str, column: str, function: Any,
+                  kind: pa.DataType) -> pa.Table:
+    """One batch of (key, vector), from its checkpoint file if a previous run finished it."""
+    import pyarrow.feather as feather
+
+    if part.exists():
+        return feather.read_table(part)
+    batch = pa.table({key: rows[key], column: _vectors(function, rows[source].to_pylist(), kind)})
+    scratch = part.with_suffix(".tmp")
+    feather.write_feather(batch, scratch)
+    scratch.replace(part)  # a kill leaves either no file or a whole one
+    return batch

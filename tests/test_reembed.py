@@ -157,3 +157,27 @@ def test_errors_come_before_any_write(table, new_fn, tmp_path):
     with pytest.raises(ValueError, match="another package"):
         lancedb_baai.reembed(other, new_fn)
     assert table.version == version and other.version == 2
+
+
+def test_fill_missing_embeds_only_the_null_rows_in_one_commit(tmp_path, sharp_st_model):
+    fn = get_registry().get("local-baai").create(name=str(sharp_st_model), dtype="float32")
+
+    class Doc(LanceModel):
+        id: int
+        text: str = fn.SourceField()
+        vector: Vector(fn.ndims()) = fn.VectorField()
+
+    table = lancedb.connect(tmp_path / "db").create_table("docs", schema=Doc)
+    table.add([{"id": i, "text": t} for i, t in enumerate(TEXTS)])
+    table.update(where="id % 7 = 0", values_sql={"vector": "NULL"})  # 15% of the rows lose their vector
+    before = {r["id"]: r["vector"] for r in table.to_arrow().to_pylist()}
+    nulls = sorted(i for i, v in before.items() if v is None)
+    assert len(nulls) == 9
+    result = lancedb_baai.fill_missing(table, key="id", batch_size=4, checkpoint=tmp_path / "ck")
+    assert result["status"] == "filled" and result["rows"] == len(nulls)
+    assert result["version_after"] == result["version_before"] + 1
+    after = {r["id"]: r for r in lancedb.connect(tmp_path / "db").open_table("docs").to_arrow().to_pylist()}
+    assert all(after[i]["vector"] == v for i, v in before.items() if v is not None)  # bit for bit
+    fresh = fn.generate_embeddings([after[i]["text"] for i in nulls])
+    assert np.allclose([after[i]["vector"] for i in nulls], fresh, atol=1e-5)
+    assert lancedb_baai.fill_missing(table, key="id")["status"] == "complete"
