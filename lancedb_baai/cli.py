@@ -528,6 +528,40 @@ def bench(
             raise typer.Exit(1)
 
 
+# ------------------------------------------------------------------------------------- reembed
+
+@app.command()
+def reembed(
+    uri: str = typer.Argument(..., help="LanceDB database directory."),
+    table: str = typer.Argument(..., help="Table name."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="The new model (hub id or directory)."),
+    source: Optional[str] = typer.Option(None, "--source", help="Attach: the text column to embed."),
+    column: Optional[str] = typer.Option(None, "--column", help="The vector column (default: the only one)."),
+    missing_only: bool = typer.Option(False, "--missing-only", help="Fill null vectors with the column's model."),
+    key: Optional[str] = typer.Option(None, "--key", help="With --missing-only: a unique column to write back by."),
+    dtype: str = _DTYPE,
+    batch_size: int = typer.Option(256, "--batch-size", help="Rows per checkpointed batch."),
+) -> None:
+    """Re-embed a table's column to a new model (resumable: run it again after a kill), attach, or fill.
+
+    Example: `lancedb-baai reembed ./db docs --model BAAI/bge-base-en-v1.5`
+    """
+    import lancedb
+
+    with _errors(_offline_hint):
+        opened = lancedb.connect(uri).open_table(table)
+        if missing_only:
+            if not key:
+                _fail("--missing-only needs --key COLUMN, a column with a unique value per row")
+            result = lancedb_baai.fill_missing(opened, key=key, column=column, batch_size=batch_size)
+        else:
+            if not model:
+                _fail("pass --model NAME (the new model), or --missing-only --key COLUMN")
+            function = lancedb_baai.BAAIEmbeddings(name=model, dtype=dtype)
+            result = lancedb_baai.reembed(opened, function, column=column, source=source, batch_size=batch_size)
+        typer.echo(json.dumps(result))
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

@@ -181,3 +181,22 @@ def test_fill_missing_embeds_only_the_null_rows_in_one_commit(tmp_path, sharp_st
     fresh = fn.generate_embeddings([after[i]["text"] for i in nulls])
     assert np.allclose([after[i]["vector"] for i in nulls], fresh, atol=1e-5)
     assert lancedb_baai.fill_missing(table, key="id")["status"] == "complete"
+
+
+def test_cli_attach_then_search_by_text_in_a_fresh_process(tmp_path, sharp_st_model):
+    from typer.testing import CliRunner
+
+    from lancedb_baai import cli
+
+    lancedb.connect(tmp_path / "db").create_table("docs", pa.table({"text": TEXTS}))
+    result = CliRunner().invoke(cli.app, ["reembed", str(tmp_path / "db"), "docs", "--model", str(sharp_st_model),
+                                          "--source", "text", "--dtype", "float32", "--batch-size", "16"])
+    assert result.exit_code == 0, result.output
+    assert '"status": "attached"' in result.output
+    search = ("import sys, lancedb, lancedb_baai; t = lancedb.connect(sys.argv[1]).open_table('docs'); "
+              "print(len(t.search('lambda functions').limit(5).to_list()))")
+    proc = subprocess.run([sys.executable, "-c", search, str(tmp_path / "db")], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip().splitlines()[-1] == "5", proc.stderr[-2000:]
+    refused = CliRunner().invoke(cli.app, ["reembed", str(tmp_path / "db"), "docs", "--missing-only"])
+    assert refused.exit_code == 1 and "--key" in refused.output
