@@ -40,7 +40,7 @@ def check_machine(machine: dict) -> None:
 
 
 def test_every_script_says_how_to_run_it():
-    for script in ("embed", "rerank", "loads", "gpu", "ray_ingest", "serve", "fingerprint"):
+    for script in ("embed", "rerank", "loads", "gpu", "ray_ingest", "serve", "fingerprint", "reembed"):
         doc = (BENCHMARKS / f"{script}.py").read_text(encoding="utf-8").split('"""')[1]
         assert doc.startswith(f"Run with: .venv/bin/python benchmarks/{script}.py [--quick]"), script
 
@@ -155,3 +155,12 @@ def test_fingerprint_quick(tmp_path):
     synthetic = data["results"][1]
     assert synthetic["size_mib"] == pytest.approx(64.0) and synthetic["median_ms"] > 0
     assert synthetic["x_faster_than_full"] > 0
+
+
+def test_reembed_quick(tmp_path):
+    data, stdout = run_script("reembed", tmp_path / "reembed.json")
+    check_machine(data["machine"])
+    assert data["rows"] == 200 and "x vs add" in stdout
+    methods = [row["method"] for row in data["results"]]
+    assert methods[:2] == ["table.add", "reembed (attach)"] and len(methods) == 4
+    assert all(row["best_s"] > 0 and row["vs_add"] > 0 for row in data["results"])
