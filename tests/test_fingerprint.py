@@ -82,6 +82,8 @@ def test_function_fingerprint_names_what_makes_the_vectors(st_model):
     assert differences(fingerprint, raw) == ["normalize"]
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_fingerprint_is_the_same_in_another_process(st_model):
     here = BAAIEmbeddings(name=str(st_model), dtype="float32").fingerprint()
     code = ("import json, sys; from lancedb_baai import BAAIEmbeddings; "

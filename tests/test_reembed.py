@@ -90,6 +90,8 @@ lancedb_baai.reembed(table, lancedb_baai.BAAIEmbeddings(name=sys.argv[2], dtype=
 """
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_a_killed_reembed_resumes_without_losing_or_repeating_rows(table, new_fn, tmp_path, monkeypatch):
     checkpoint = tmp_path / "ck.sqlite"
     version, (texts, old) = table.version, vectors(table, "vector")
@@ -183,6 +185,8 @@ def test_fill_missing_embeds_only_the_null_rows_in_one_commit(tmp_path, sharp_st
     assert lancedb_baai.fill_missing(table, key="id")["status"] == "complete"
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_cli_attach_then_search_by_text_in_a_fresh_process(tmp_path, sharp_st_model):
     from typer.testing import CliRunner
 
@@ -200,3 +204,16 @@ def test_cli_attach_then_search_by_text_in_a_fresh_process(tmp_path, sharp_st_mo
     assert proc.returncode == 0 and proc.stdout.strip().splitlines()[-1] == "5", proc.stderr[-2000:]
     refused = CliRunner().invoke(cli.app, ["reembed", str(tmp_path / "db"), "docs", "--missing-only"])
     assert refused.exit_code == 1 and "--key" in refused.output
+
+
+def test_readers_see_the_old_column_until_the_switch(table, new_fn, tmp_path, monkeypatch):
+    def snapshot():
+        reader = lancedb.connect(tmp_path / "db").open_table("docs")
+        return reader.schema.names, [(r["text"], r["_distance"]) for r in reader.search("lambda").limit(5).to_list()]
+
+    before, seen = snapshot(), []
+    original = lancedb_baai.BAAIEmbeddings.generate_embeddings
+    monkeypatch.setattr(lancedb_baai.BAAIEmbeddings, "generate_embeddings",
+                        lambda self, t, *a, **k: seen.append(snapshot()) or original(self, t, *a, **k))
+    lancedb_baai.reembed(table, new_fn, batch_size=20, checkpoint=tmp_path / "ck.sqlite")
+    assert len(seen) == 3 and all(s == before for s in seen)  # mid-run: same columns, same answers
