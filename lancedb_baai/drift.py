@@ -95,8 +95,6 @@ def describe(table: Any) -> TableModels:
     "unrecorded" or "not lancedb_baai". Nothing is loaded: the current fingerprint is the
     loaded engine's, else read from the model's files.
     """
-    from ._config import EmbedderConfig
-
     rows = []
     for column, conf in table.embedding_functions.items():
         function = conf.function
@@ -105,7 +103,7 @@ def describe(table: Any) -> TableModels:
             "function": getattr(function, "__embedding_function_registry_alias__", type(function).__name__),
             "model": getattr(function, "name", None), "fingerprint": None, "written_by": None,
         }
-        if not isinstance(function, EmbedderConfig):
+        if not callable(getattr(function, "stored_provenance", None)):  # not one of this package's embedders
             rows.append({**row, "status": "not lancedb_baai"})
             continue
         stored = function.stored_provenance() or {}
