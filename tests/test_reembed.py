@@ -185,6 +185,40 @@ def test_fill_missing_embeds_only_the_null_rows_in_one_commit(tmp_path, sharp_st
     assert lancedb_baai.fill_missing(table, key="id")["status"] == "complete"
 
 
+def test_fill_missing_resumes_from_its_checkpoint(tmp_path, sharp_st_model, monkeypatch):
+    fn = get_registry().get("local-baai").create(name=str(sharp_st_model), dtype="float32")
+
+    class Doc(LanceModel):
+        id: int
+        text: str = fn.SourceField()
+        vector: Vector(fn.ndims()) = fn.VectorField()
+
+    table = lancedb.connect(tmp_path / "db").create_table("docs", schema=Doc)
+    table.add([{"id": i, "text": t} for i, t in enumerate(TEXTS)])
+    table.update(where="id % 3 = 0", values_sql={"vector": "NULL"})  # 20 rows, 5 batches of 4
+    version, calls, crash = table.version, [], [True]
+    original = lancedb_baai.BAAIEmbeddings.generate_embeddings
+
+    def crash_on_third(self, texts, *a, **k):
+        calls.append(len(texts))
+        if crash[0] and len(calls) == 3:
+            raise _Killed
+        return original(self, texts, *a, **k)
+
+    monkeypatch.setattr(lancedb_baai.BAAIEmbeddings, "generate_embeddings", crash_on_third)
+    with pytest.raises(_Killed):
+        lancedb_baai.fill_missing(table, key="id", batch_size=4, checkpoint=tmp_path / "ck")
+    assert lancedb.connect(tmp_path / "db").open_table("docs").version == version  # nothing committed
+    calls.clear()
+    crash[0] = False
+    result = lancedb_baai.fill_missing(table, key="id", batch_size=4, checkpoint=tmp_path / "ck")
+    assert result["rows"] == 20 and sum(calls) == 20 - 2 * 4  # the two finished batches were kept
+
+
+class _Killed(Exception):
+    pass
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_cli_attach_then_search_by_text_in_a_fresh_process(tmp_path, sharp_st_model):
