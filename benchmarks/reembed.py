@@ -1,4 +1,4 @@
-"""Run with: .venv/bin/python benchmarks/reembed.py [--quick] [--out PATH] [--rounds N]
+"""Run with: .venv/bin/python benchmarks/reembed.py [--quick] [--out PATH] [--rounds N] [--rows N]
 
 What re-embedding a table costs against writing it: ``lancedb_baai.reembed`` (Lance's
 checkpointed ``add_columns`` into a new column, then the metadata switch) of N Python-reference
@@ -27,11 +27,12 @@ from lancedb_baai import testing
 
 def _add_options(parser) -> None:
     parser.add_argument("--rounds", type=int, default=None, help="timed rounds per contender (default 3; quick 1)")
+    parser.add_argument("--rows", type=int, default=None, help="paragraphs (default 2000; quick 200)")
 
 
 def main() -> None:
     args = _common.parse_args("reembed", __doc__, _add_options)
-    rows = 200 if args.quick else 2000
+    rows = args.rows or (200 if args.quick else 2000)
     rounds = args.rounds or (1 if args.quick else 3)
     texts = [p["text"] for p in testing.python_reference_paragraphs(rows)]
     rows = len(texts)
