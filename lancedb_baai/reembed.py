@@ -86,6 +86,9 @@ def _plan(table: Any, function: EmbedderConfig, column: str | None, source: str 
     """What to do, or an error before anything is written."""
     if not isinstance(function, EmbedderConfig) or function.url:
         raise TypeError(f"reembed needs a local lancedb_baai embedding function (local-baai), not {function!r}")
+    if function._semantics()["output"] != "dense":
+        raise ValueError("reembed fills plain vector columns; ColBERT multi-vector columns are not supported yet "
+                         "(fill them with lancedb_baai.fill_multivectors)")
     functions, names = table.embedding_functions, table.schema.names
     if source is not None:
         target = new_column or column or "vector"
