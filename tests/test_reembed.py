@@ -145,6 +145,8 @@ def test_errors_come_before_any_write(table, new_fn, tmp_path):
         lancedb_baai.reembed(table, new_fn, source="body", column="v2")
     with pytest.raises(ValueError, match="has no embedding function"):
         lancedb_baai.reembed(table, new_fn, column="text")
+    with pytest.raises(ValueError, match="ColBERT multi-vector columns are not supported"):
+        lancedb_baai.reembed(table, lancedb_baai.BGEM3ColbertEmbeddings(name="BAAI/bge-m3"))
     narrow = testing.build_st_embedder(tmp_path / "narrow" / "bge-small-en-v1.5", hidden=16)
     with pytest.raises(ValueError, match="16-d vectors but column 'vector' holds 32-d"):
         lancedb_baai.reembed(table, lancedb_baai.BAAIEmbeddings(name=str(narrow), dtype="float32"))
