@@ -11,9 +11,11 @@ from ._cache import CACHE as _CACHE
 from ._trust import allow_remote_code, allow_url
 from ._report import CacheInfo
 from ._version import __version__
+from .drift import EmbeddingDriftError, describe
 from .embeddings import BAAIEmbeddings
 from .lifecycle import loaded, preload, release, rollback, swap
 from .m3 import BGEM3ColbertEmbeddings, BGEM3Embeddings, BGEM3Reranker, fill_multivectors, sparse_column
+from .reembed import fill_missing, reembed
 from .reranker import BAAIRerankFunction, BAAIReranker
 
 
@@ -34,5 +36,6 @@ def load_count() -> int:
 __all__ = [
     "BAAIEmbeddings", "BAAIRerankFunction", "BAAIReranker",
     "BGEM3Embeddings", "BGEM3ColbertEmbeddings", "BGEM3Reranker", "fill_multivectors", "sparse_column",
+    "EmbeddingDriftError", "describe", "reembed", "fill_missing",
     "allow_remote_code", "allow_url", "cache_info", "load_count", "preload", "release", "loaded", "swap", "rollback", "__version__",
 ]

@@ -73,6 +73,11 @@ class EngineCache:
         slot.calls += 1
         return engine
 
+    def peek(self, key: EngineKey) -> Any:
+        """The engine serving ``key`` if one is loaded, else None; never loads."""
+        slot = self._slots.get(key)
+        return None if slot is None else slot.engine
+
     def swap(self, key: EngineKey, new_key: EngineKey, loader: Loader,
              check: Callable[[Any, Any], None] | None = None, keep: int = 1) -> dict[str, Any]:
         """Serve ``key`` from the model of ``new_key`` from now on, keeping ``keep`` old engines for rollback.

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, BeforeValidator, Field, ValidationInfo, field_validator, model_validator
 
-from . import _hub
+from . import _fingerprint, _hub
 from ._cache import CACHE, EngineKey
 from ._device import check_device, check_dtype, resolve_device, resolve_dtype
 
@@ -126,6 +126,10 @@ class EngineConfig(EngineOptions):
         """This configuration's engine from the per-process cache, loaded on first use."""
         return CACHE.get(self.engine_key(), self._load)
 
+    def fingerprint(self) -> dict[str, Any] | None:
+        """What identifies the vectors this function makes; None for functions that make none."""
+        return None
+
     def _load(self, key: EngineKey) -> Any:
         from ._loading import load_engine
 
@@ -163,9 +167,78 @@ class EngineConfig(EngineOptions):
             return {"version": __version__, "served_by": self.url}
         device = resolve_device(self.device)
         dtype, why = dtype_decision(self.dtype, device)
-        return {"version": __version__, "device": device, "dtype": dtype, "dtype_reason": why}
+        provenance = {"version": __version__, "device": device, "dtype": dtype, "dtype_reason": why}
+        fingerprint = self.fingerprint()
+        return provenance if fingerprint is None else {**provenance, "fingerprint": fingerprint}
 
 
 def _secret_value(name: str, value: Any) -> bool:
     """True for a sensitive option holding a key itself rather than a ``$var:`` reference to one."""
     return name in SENSITIVE_FIELDS and value is not None and not (isinstance(value, str) and value.startswith("$var:"))
+
+
+class EmbedderConfig(EngineConfig):
+    """An engine configuration that makes vectors: it fingerprints them and guards against drift.
+
+    A function rebuilt from a table's metadata carries the fingerprint of the model that
+    made the column; every engine it gets is compared with it once (see :mod:`.drift`).
+    """
+
+    on_drift: Literal["error", "warn"] = "error"
+    """What a table's function does when the model serving it is not the one that made its vectors."""
+
+    def _semantics(self) -> dict[str, Any]:
+        """What this function adds to the model: output, normalization, query instruction."""
+        raise NotImplementedError
+
+    def _dims_of(self, engine: Any) -> int:
+        return int(engine.dims)
+
+    def engine(self) -> Any:
+        """The engine, checked once against the fingerprint stored with the table this function came from."""
+        engine = super().engine()
+        stored = self.stored_provenance()
+        if stored is not None:
+            from .drift import check
+
+            check(self, engine, stored)
+        return engine
+
+    def stored_provenance(self) -> dict[str, Any] | None:
+        """What the table this function was rebuilt from recorded under :data:`METADATA_KEY`, else None."""
+        original = getattr(self, "_original_args", None) or {}
+        stored = original.get(METADATA_KEY)
+        return stored if isinstance(stored, dict) else None
+
+    def fingerprint(self) -> dict[str, Any] | None:
+        """The model and settings that make this function's vectors now (no weights are loaded).
+
+        The engine's, if it is loaded (after a swap, the model that really serves); else
+        read from the model's files.
+        """
+        if self.url:
+            return None
+        return self.fingerprint_of(CACHE.peek(self.engine_key()))
+
+    def fingerprint_of(self, engine: Any) -> dict[str, Any]:
+        """The fingerprint of this function's vectors when made by ``engine`` (None: from the files)."""
+        from ._version import __version__
+
+        if engine is not None:
+            weights, dims, dtype = engine.weights, self._dims_of(engine), engine.key.dtype
+        else:
+            key = self.engine_key()
+            weights, dims, dtype = self._files_fingerprint(), self.ndims(), key.dtype
+        return {**weights, **self._semantics(), "dims": dims, "dtype": dtype, "version": __version__}
+
+    def _files_fingerprint(self) -> dict[str, Any]:
+        model = _hub.model_id(self.name)
+        path = _hub.cached_dir(self.name, self.revision)
+        if path is None:
+            try:
+                path = _hub.resolve(self.name, self.revision)
+            except _hub.ModelNotAvailableError:
+                logger.warning("%r is not available here, so the table records no weights fingerprint for it: "
+                               "searches will not notice a later change of its weights", self.name)
+                return {"model": model, "weights": None}
+        return {"model": model, **_fingerprint.weights(path)}

@@ -31,6 +31,8 @@ class _TorchEngine:
         self.tokenizer = tokenizer
         self.max_length = max_length
         self.forward_passes = 0
+        self.weights: dict[str, Any] = {"model": key.model}  # the fingerprint of the files it was loaded from
+        self.drift_checked: set[str] = set()  # stored fingerprints already compared with this engine
         # Fast tokenizers are not safe to call from several threads at once.
         self._tokenizer_lock = threading.Lock()
 

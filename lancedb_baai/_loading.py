@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import _hub, _trust
+from . import _fingerprint, _hub, _trust
 from ._device import torch_dtype
 from ._engine import BAAIEmbeddingEngine, BAAIRerankEngine, _TorchEngine, native_max_length
 from ._m3_engine import load_m3_engine
@@ -44,6 +44,7 @@ def load_engine(key: EngineKey, trust_remote_code: bool = False, show_progress: 
     with quiet_transformers(show_progress), _hub.explain_broken(path):
         engine = _LOADERS[key.kind](key, path, trust_remote_code)
     engine.model.to(device=key.device, dtype=torch_dtype(key.dtype)).eval()
+    engine.weights = {"model": key.model, **_fingerprint.weights(path)}
     logger.info("loaded %s model %s on %s as %s in %.2fs", key.kind, key.model, key.device,
                 key.dtype, time.perf_counter() - start)
     return engine

@@ -95,3 +95,24 @@ class CacheInfo(list):
         if not self:
             return f"<p>{html.escape(self._title())}</p>"
         return html_table(self, self._columns(), caption=self._title())
+
+
+MODEL_COLUMNS: tuple[str, ...] = ("vector_column", "source_column", "model", "weights", "revision", "dims", "dtype",
+                                  "status")
+
+
+class TableModels(list):
+    """What :func:`lancedb_baai.describe` returns: one dict per embedding column, printable as a table."""
+
+    def _rows(self) -> list[dict[str, Any]]:
+        return [{**(row.get("fingerprint") or {}), **row} for row in self]
+
+    def __str__(self) -> str:
+        if not self:
+            return "no embedding functions recorded in this table"
+        return text_table(self._rows(), MODEL_COLUMNS)
+
+    __repr__ = __str__
+
+    def _repr_html_(self) -> str:
+        return html_table(self._rows(), MODEL_COLUMNS, caption="models of this table's vector columns")

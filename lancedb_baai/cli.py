@@ -228,12 +228,21 @@ def _format_report(report: dict[str, Any]) -> str:
 
 
 @app.command()
-def info(as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of text.")) -> None:
+def info(as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of text."),
+         table: Optional[tuple[str, str]] = typer.Option(
+             None, "--table", metavar="URI NAME",
+             help="Show which model made each vector column of this table, and whether it drifted.")) -> None:
     """Versions, the device and dtype "auto" picks on this host and why, and the known bge models.
 
-    Example: `lancedb-baai info --json | jq .dtype`
+    Example: `lancedb-baai info --json | jq .dtype`; `lancedb-baai info --table ./db docs`
     """
     with _errors():
+        if table and all(table):
+            import lancedb
+
+            models = lancedb_baai.describe(lancedb.connect(table[0]).open_table(table[1]))
+            typer.echo(json.dumps(models, indent=2) if as_json else str(models))
+            return
         report = host_report()
         typer.echo(json.dumps(report, indent=2) if as_json else _format_report(report))
 
@@ -517,6 +526,40 @@ def bench(
         typer.echo("\n" + text_table(rows, ("script", "result", "seconds")))
         if any(row["result"].startswith("FAIL") for row in rows):
             raise typer.Exit(1)
+
+
+# ------------------------------------------------------------------------------------- reembed
+
+@app.command()
+def reembed(
+    uri: str = typer.Argument(..., help="LanceDB database directory."),
+    table: str = typer.Argument(..., help="Table name."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="The new model (hub id or directory)."),
+    source: Optional[str] = typer.Option(None, "--source", help="Attach: the text column to embed."),
+    column: Optional[str] = typer.Option(None, "--column", help="The vector column (default: the only one)."),
+    missing_only: bool = typer.Option(False, "--missing-only", help="Fill null vectors with the column's model."),
+    key: Optional[str] = typer.Option(None, "--key", help="With --missing-only: a unique column to write back by."),
+    dtype: str = _DTYPE,
+    batch_size: int = typer.Option(256, "--batch-size", help="Rows per checkpointed batch."),
+) -> None:
+    """Re-embed a table's column to a new model (resumable: run it again after a kill), attach, or fill.
+
+    Example: `lancedb-baai reembed ./db docs --model BAAI/bge-base-en-v1.5`
+    """
+    import lancedb
+
+    with _errors(_offline_hint):
+        opened = lancedb.connect(uri).open_table(table)
+        if missing_only:
+            if not key:
+                _fail("--missing-only needs --key COLUMN, a column with a unique value per row")
+            result = lancedb_baai.fill_missing(opened, key=key, column=column, batch_size=batch_size)
+        else:
+            if not model:
+                _fail("pass --model NAME (the new model), or --missing-only --key COLUMN")
+            function = lancedb_baai.BAAIEmbeddings(name=model, dtype=dtype)
+            result = lancedb_baai.reembed(opened, function, column=column, source=source, batch_size=batch_size)
+        typer.echo(json.dumps(result))
 
 
 def main() -> None:

@@ -8,12 +8,12 @@ import numpy as np
 from lancedb.embeddings import TextEmbeddingFunction, register
 
 from . import _catalog, _progress
-from ._config import EngineConfig
+from ._config import EmbedderConfig
 from ._inputs import NoRetry, check_queries, check_texts
 
 
 @register("local-baai")
-class BAAIEmbeddings(NoRetry, EngineConfig, TextEmbeddingFunction):
+class BAAIEmbeddings(NoRetry, EmbedderConfig, TextEmbeddingFunction):
     """Embeddings from a local bge model, loaded once per process and shared.
 
     Parameters
@@ -41,6 +41,9 @@ class BAAIEmbeddings(NoRetry, EngineConfig, TextEmbeddingFunction):
         The key of a server started with ``--api-key``. LanceDB's ``create()`` takes it only as
         ``"$var:NAME"`` (set with ``registry.set_var(NAME, key)``), and only that reference is
         stored in the table's metadata.
+    on_drift : {"error", "warn"}, default "error"
+        What a table's function does when the model serving it is not the one that made
+        the table's vectors (see "Tables that know their model" in the README).
 
     Examples
     --------
@@ -64,6 +67,11 @@ class BAAIEmbeddings(NoRetry, EngineConfig, TextEmbeddingFunction):
     def _engine_kind(self) -> str:
         """bge-m3 runs on the "m3" engine, which every function on that model shares."""
         return "m3" if _catalog.is_m3(self.name, self.revision) else self.engine_kind
+
+    def _semantics(self) -> dict:
+        pooling_is_m3 = {"pooling": "cls"} if self._engine_kind() == "m3" else {}
+        return {**pooling_is_m3, "output": "dense", "normalize": self.normalize,
+                "query_instruction": self.instruction()}
 
     def instruction(self) -> str:
         """The prefix queries get: the explicit one, else bge's own for this model family."""

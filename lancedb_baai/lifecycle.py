@@ -99,8 +99,8 @@ def swap(name: str, new_name: str, kind: EngineKind = "embed", allow_dims_change
 
     record = CACHE.swap(old.engine_key(), new.engine_key(), new._load, check, keep=keep)
     if kind != "rerank":
-        logger.warning("%r now serves embeddings for %r: vectors already stored were made by the "
-                       "old model; re-embed them for consistent search.", new_name, name)
+        logger.warning("%r now serves embeddings for %r: vectors already stored were made by the old model, so "
+                       "searches and adds on their tables raise EmbeddingDriftError until rollback() or a re-embed.", new_name, name)
     return record
 
 

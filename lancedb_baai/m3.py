@@ -26,7 +26,7 @@ from pydantic import field_validator
 
 from . import _catalog, _hub, _progress
 from ._arrow import multivector_array
-from ._config import EngineConfig
+from ._config import EmbedderConfig, EngineConfig
 from ._inputs import NoRetry, check_queries, check_query, check_texts
 from ._m3_engine import BGEM3Engine, M3Output, Output, colbert_dims_from_file, want_colbert_with_every_pass
 from .reranker import BAAIReranker, ReturnScore, model_name_option
@@ -41,7 +41,7 @@ SPARSE_TYPE = pa.list_(pa.struct([pa.field("token_id", pa.int32()), pa.field("we
 """Arrow type of a sparse column: per row, the (token_id, weight) pairs sorted by token id."""
 
 
-class _M3Config(EngineConfig):
+class _M3Config(EmbedderConfig):
     """Engine options of a bge-m3 model; every subclass is served by the same "m3" engine."""
 
     engine_kind = "m3"
@@ -102,6 +102,9 @@ class BGEM3Embeddings(_M3Config):
             raise ValueError(f"weights {value} must be three non-negative numbers (dense, sparse, "
                              "ColBERT) with a positive sum, e.g. (0.4, 0.2, 0.4)")
         return value
+
+    def _semantics(self) -> dict:
+        return {"pooling": "cls", "output": "dense", "normalize": True, "query_instruction": ""}
 
     def ndims(self) -> int:
         """Width of the dense vector, from the catalog or the config files (no weights loaded)."""
@@ -179,6 +182,12 @@ class BGEM3ColbertEmbeddings(NoRetry, _M3Config, TextEmbeddingFunction):
     def model_post_init(self, context: Any) -> None:
         super().model_post_init(context)
         want_colbert_with_every_pass(_hub.model_id(self.name))
+
+    def _semantics(self) -> dict:
+        return {"pooling": "cls", "output": "colbert", "normalize": True, "query_instruction": ""}
+
+    def _dims_of(self, engine: Any) -> int:
+        return int(engine.colbert_dims)
 
     def ndims(self) -> int:
         """Width of one ColBERT vector, from the catalog or colbert_linear.pt (the encoder is not loaded)."""

@@ -40,7 +40,7 @@ def check_machine(machine: dict) -> None:
 
 
 def test_every_script_says_how_to_run_it():
-    for script in ("embed", "rerank", "loads", "gpu", "ray_ingest", "serve"):
+    for script in ("embed", "rerank", "loads", "gpu", "ray_ingest", "serve", "fingerprint", "reembed"):
         doc = (BENCHMARKS / f"{script}.py").read_text(encoding="utf-8").split('"""')[1]
         assert doc.startswith(f"Run with: .venv/bin/python benchmarks/{script}.py [--quick]"), script
 
@@ -146,3 +146,21 @@ def test_serve_quick(tmp_path):
     swap = data["swap_during_load"]
     assert swap["errors"] == 0 and [e["status"] for e in swap["events"]] == [200, 200]
     assert "failed requests" in stdout
+
+
+def test_fingerprint_quick(tmp_path):
+    data, stdout = run_script("fingerprint", tmp_path / "fingerprint.json")
+    check_machine(data["machine"])
+    assert data["size_mib"] == 64 and "weights fingerprint cost" in stdout
+    synthetic = data["results"][1]
+    assert synthetic["size_mib"] == pytest.approx(64.0) and synthetic["median_ms"] > 0
+    assert synthetic["x_faster_than_full"] > 0
+
+
+def test_reembed_quick(tmp_path):
+    data, stdout = run_script("reembed", tmp_path / "reembed.json")
+    check_machine(data["machine"])
+    assert data["rows"] == 200 and "x vs add" in stdout
+    methods = [row["method"] for row in data["results"]]
+    assert methods[:2] == ["table.add", "reembed (attach)"] and len(methods) == 4
+    assert all(row["best_s"] > 0 and row["vs_add"] > 0 for row in data["results"])
