@@ -84,7 +84,7 @@ def main() -> None:
             search = search.rerank(reranker)
         print(f"Q: {query}")
         for row in search.to_list():
-            print(f"  [{row['topic']}] relevance {row['_relevance_score']:.3f}  {row['text'][:100]}")
+            print(f"  [{row['topic']}] relevance {row['_relevance_score']:.4f}  {row['text'][:100]}")
         print()
     if reranker is None:
         print("No bge reranker is available locally, so results are not reranked by a cross-encoder. To\n"
