@@ -159,19 +159,23 @@ async def load(url: str, model: str, clients: int, duration: float, requests: li
                 continue
             latencies.append(time.perf_counter() - start)
 
-    async def scheduled(fraction: float, action) -> Any:
-        await asyncio.sleep(duration * fraction)
-        return await action()
+    async def timeline() -> list[Any]:
+        """The events in order, each at its point in the run but never before the last one ended
+        (the server takes one admin action per model at a time and answers a second with 409)."""
+        done = []
+        for fraction, action in events:
+            await asyncio.sleep(max(0.0, begin + duration * fraction - time.perf_counter()))
+            done.append(await action())
+        return done
 
     limits = httpx.Limits(max_connections=clients + 4, max_keepalive_connections=clients + 4)
     async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as http:
         begin = time.perf_counter()
-        results = await asyncio.gather(*(client(i, http) for i in range(clients)),
-                                       *(scheduled(f, a) for f, a in events))
+        results = await asyncio.gather(*(client(i, http) for i in range(clients)), timeline())
         elapsed = time.perf_counter() - begin
     return {"requests": len(latencies), "errors": len(errors), "error_samples": errors[:3],
             "requests_per_s": len(latencies) / elapsed, "texts_per_s": len(latencies) * TEXTS_PER_REQUEST / elapsed,
-            **_percentiles(latencies), "versions": sorted(versions), "events": results[clients:]}
+            **_percentiles(latencies), "versions": sorted(versions), "events": results[clients]}
 
 
 def _percentiles(latencies: list[float]) -> dict[str, float]:
