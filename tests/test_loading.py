@@ -18,6 +18,7 @@ from lancedb.pydantic import LanceModel, Vector
 import lancedb
 import lancedb_baai
 from lancedb_baai import _hub, _trust
+from lancedb_baai._config import METADATA_KEY
 
 
 @pytest.fixture
@@ -125,6 +126,7 @@ def remote_code_table(tmp_path, plain_model):
     table.add([{"text": "a passage"}])
     stored = json.loads(table.schema.metadata[b"embedding_functions"])
     stored[0]["model"].update(name=str(model), trust_remote_code=True)
+    stored[0]["model"].pop(METADATA_KEY)  # written by hand, as a sender would: no fingerprint to guard
     schema = table.schema.with_metadata({b"embedding_functions": json.dumps(stored).encode()})
     db.create_table("sent", schema=schema)
     return tmp_path / "db", model
