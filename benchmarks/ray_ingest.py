@@ -162,7 +162,7 @@ def main() -> dict[str, Any]:
         shutil.rmtree(workdir, ignore_errors=True)
     rows = print_table(result)
     _common.write_json(args.out, result)
-    _common.write_plot(args.plot, f"Ingest of {result['rows']} rows on {result['machine']['cores']} cores",
+    _common.write_plot(args.plot, f"Ingest of {result['rows']} rows on {result['machine']['cpu_cores']} cores",
                        [("rows/s", [row["path"] for row in rows], [row["rows_per_s"] for row in rows])])
     wrong = [run["actors"] for run in result["ray"] if run["loads_per_actor"] != [1] * run["actors"]]
     if wrong:
