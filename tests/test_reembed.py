@@ -163,8 +163,9 @@ def test_errors_come_before_any_write(table, new_fn, tmp_path):
     assert table.version == version and other.version == 2
 
 
-def test_fill_missing_embeds_only_the_null_rows_in_one_commit(tmp_path, sharp_st_model):
-    fn = get_registry().get("local-baai").create(name=str(sharp_st_model), dtype="float32")
+def _keyed_table(tmp_path, model):
+    """A table of TEXTS with an ``id`` key, filled by ``local-baai`` on ``model``: what fill_missing needs."""
+    fn = get_registry().get("local-baai").create(name=str(model), dtype="float32")
 
     class Doc(LanceModel):
         id: int
@@ -173,6 +174,11 @@ def test_fill_missing_embeds_only_the_null_rows_in_one_commit(tmp_path, sharp_st
 
     table = lancedb.connect(tmp_path / "db").create_table("docs", schema=Doc)
     table.add([{"id": i, "text": t} for i, t in enumerate(TEXTS)])
+    return fn, table
+
+
+def test_fill_missing_embeds_only_the_null_rows_in_one_commit(tmp_path, sharp_st_model):
+    fn, table = _keyed_table(tmp_path, sharp_st_model)
     table.update(where="id % 7 = 0", values_sql={"vector": "NULL"})  # 15% of the rows lose their vector
     before = {r["id"]: r["vector"] for r in table.to_arrow().to_pylist()}
     nulls = sorted(i for i, v in before.items() if v is None)
@@ -188,15 +194,7 @@ def test_fill_missing_embeds_only_the_null_rows_in_one_commit(tmp_path, sharp_st
 
 
 def test_fill_missing_resumes_from_its_checkpoint(tmp_path, sharp_st_model, monkeypatch):
-    fn = get_registry().get("local-baai").create(name=str(sharp_st_model), dtype="float32")
-
-    class Doc(LanceModel):
-        id: int
-        text: str = fn.SourceField()
-        vector: Vector(fn.ndims()) = fn.VectorField()
-
-    table = lancedb.connect(tmp_path / "db").create_table("docs", schema=Doc)
-    table.add([{"id": i, "text": t} for i, t in enumerate(TEXTS)])
+    fn, table = _keyed_table(tmp_path, sharp_st_model)
     table.update(where="id % 3 = 0", values_sql={"vector": "NULL"})  # 20 rows, 5 batches of 4
     version, calls, crash = table.version, [], [True]
     original = lancedb_baai.BAAIEmbeddings.generate_embeddings
