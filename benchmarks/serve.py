@@ -13,9 +13,10 @@ generator keeps 1, 8 and 32 clients busy for ``--duration`` seconds each, every 
   interpreter that has it installed.
 
 The engine's own in-process rate (``encode`` of the same texts, batches of 32, no HTTP) is
-the mark. During the micro-batching run at the largest client count the model is swapped
-(to a copy of the same weights in another folder, so a real load happens) and rolled back;
-the failed requests of that run are reported. The load generator shares the machine with
+the mark. After the rotation, the micro-batching server runs once more at the largest client count
+while its model is swapped (to a copy of the same weights in another folder, so a real load
+happens) and rolled back; that run's failed requests and latency are reported in a row of
+their own. The load generator shares the machine with
 the servers, as a client on the same host would.
 """
 
@@ -260,7 +261,8 @@ def main() -> int:
         "duration_s": duration, "texts_per_request": TEXTS_PER_REQUEST, "model": model,
         "engine_in_process_texts_per_s": in_process, "results": rows,
         "swap_during_load": {"errors": swap_row["errors"], "events": swap_row["events"],
-                             "versions": swap_row["versions"]},
+                             "versions": swap_row["versions"], "p95_ms": swap_row["p95_ms"],
+                             "p99_ms": swap_row["p99_ms"]},
         "infinity": "measured" if args.infinity else "not measured: pass --infinity PYTHON of a venv with infinity-emb"})
     _common.write_plot(args.plot, "lancedb-baai serve, texts/s (all-MiniLM-L6-v2, 8 texts per request)", [
         (f"texts/s at {n} clients", [r["server"] for r in rows if r["clients"] == n] + ["engine in process"],
@@ -270,18 +272,26 @@ def main() -> int:
 
 def run_points(contenders: list[Contender], client_counts: list[int], duration: float,
                requests: list[list[str]], copy: str, in_process: float) -> list[dict[str, Any]]:
+    """Each client count with the contenders in rotation; then, at the largest count, the
+    micro-batching server again with a swap and a rollback during the run (its own row, so the
+    plain rows stay comparable)."""
     rows = []
     for clients in client_counts:
-        for c in contenders:  # contenders in rotation at each client count
-            events = []
-            if c.name == "micro-batching" and clients == max(client_counts):
-                events = [(1 / 3, admin_action(c.url, "/admin/swap", {"model": c.model_id, "new_model": copy})),
-                          (2 / 3, admin_action(c.url, "/admin/rollback", {"model": c.model_id}))]
-            print(f"  {c.name}: {clients} clients for {duration:g}s ...", flush=True)
-            result = asyncio.run(load(c.url, c.model_id, clients, duration, requests, events))
-            rows.append({"server": c.name, "clients": clients, **result,
-                         "vs_engine": result["texts_per_s"] / in_process})
+        for c in contenders:
+            rows.append(run_point(c, c.name, clients, duration, requests, in_process, []))
+    batching = contenders[0]
+    events = [(1 / 3, admin_action(batching.url, "/admin/swap", {"model": batching.model_id, "new_model": copy})),
+              (2 / 3, admin_action(batching.url, "/admin/rollback", {"model": batching.model_id}))]
+    rows.append(run_point(batching, f"{batching.name}, swap + rollback", max(client_counts), duration, requests,
+                          in_process, events))
     return rows
+
+
+def run_point(c: Contender, label: str, clients: int, duration: float, requests: list[list[str]],
+              in_process: float, events: list[Any]) -> dict[str, Any]:
+    print(f"  {label}: {clients} clients for {duration:g}s ...", flush=True)
+    result = asyncio.run(load(c.url, c.model_id, clients, duration, requests, events))
+    return {"server": label, "clients": clients, **result, "vs_engine": result["texts_per_s"] / in_process}
 
 
 def print_results(rows: list[dict[str, Any]], in_process: float, swap_row: dict[str, Any]) -> None:

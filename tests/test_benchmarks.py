@@ -139,7 +139,8 @@ def test_serve_quick(tmp_path):
     check_machine(data["machine"])
     assert data["engine_in_process_texts_per_s"] > 0 and data["texts_per_request"] == 8
     rows = data["results"]
-    assert [row["server"] for row in rows] == ["micro-batching", "no micro-batching", "naive (thread pool)"]
+    assert [row["server"] for row in rows] == ["micro-batching", "no micro-batching", "naive (thread pool)",
+                                               "micro-batching, swap + rollback"]
     for row in rows:
         assert row["errors"] == 0 and row["requests"] > 0 and row["texts_per_s"] > 0
         assert row["p50_ms"] <= row["p95_ms"] <= row["p99_ms"]

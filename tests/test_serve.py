@@ -353,6 +353,7 @@ def test_swap_and_rollback_under_load_drop_nothing(server, sharp_st_model, zh_mo
     assert versions == {0: {str(sharp_st_model)}, 1: {str(zh_model)}, 2: {str(sharp_st_model)}}
     engines = server.engines()
     assert engines["load_count"] == loads + 1  # zh once; the rollback reloads nothing
+    assert "still held by requests" not in server.log()  # the swapped-out engine was let go at once
     assert json.loads((server.log_path.parent / "state" / "state.json").read_text())["models"][str(sharp_st_model)] == \
         {"served": str(sharp_st_model), "version": 2, "history": []}
 

@@ -40,20 +40,20 @@ class Admin:
         """Serve ``model_id`` from ``new``, here at once and in every worker through the state file."""
         with self._busy(model_id, "swap"):
             model = self._served(model_id, kind)
-            cur = model.current
-            candidate = self._candidate(model, new, cur.version + 1, "swap failed, still serving "
-                                                                     f"{cur.served!r}")
-            if model.kind == "embed" and candidate.engine.dims != cur.engine.dims and not allow_dims_change:
+            serving, version = model.current.served, model.current.version  # not the snapshot: see _busy
+            dims = getattr(model.current.engine, "dims", None)
+            candidate = self._candidate(model, new, version + 1, f"swap failed, still serving {serving!r}")
+            if model.kind == "embed" and candidate.engine.dims != dims and not allow_dims_change:
                 self.service.release_unused()
-                raise ServeError(409, f"swap refused, still serving {cur.served!r}: {new!r} makes "
-                                      f"{candidate.engine.dims}-d vectors, {cur.served!r} makes "
-                                      f"{cur.engine.dims}-d ones. Send allow_dims_change=true if the "
+                raise ServeError(409, f"swap refused, still serving {serving!r}: {new!r} makes "
+                                      f"{candidate.engine.dims}-d vectors, {serving!r} makes "
+                                      f"{dims}-d ones. Send allow_dims_change=true if the "
                                       "tables will be re-embedded", "dims_changed")
 
             def entry(state: dict[str, Any]) -> dict[str, Any]:
                 history = state["models"].get(model.id, {}).get("history", [])
                 return {"served": new, "version": candidate.version,
-                        "history": [*history, cur.served][-HISTORY_DEPTH:]}
+                        "history": [*history, serving][-HISTORY_DEPTH:]}
 
             return self._commit(model, candidate, entry)
 
@@ -61,14 +61,14 @@ class Admin:
         """Serve ``model_id`` from the model it had before the last swap (recorded, so across restarts)."""
         with self._busy(model_id, "rollback"):
             model = self._served(model_id, kind)
-            cur = model.current
+            serving, version = model.current.served, model.current.version  # not the snapshot: see _busy
             history = list(self.service.store.read()["models"].get(model.id, {}).get("history", []))
             if not history:
                 raise ServeError(409, f"nothing to roll back for {model.id!r}: it was never swapped",
                                  "nothing_to_roll_back")
             previous = history.pop()
-            candidate = self._candidate(model, previous, cur.version + 1,
-                                        f"rollback failed, still serving {cur.served!r}")
+            candidate = self._candidate(model, previous, version + 1,
+                                        f"rollback failed, still serving {serving!r}")
 
             def entry(state: dict[str, Any]) -> dict[str, Any]:
                 return {"served": previous, "version": candidate.version, "history": history}
@@ -116,9 +116,17 @@ class Admin:
 
     @contextmanager
     def _busy(self, model_id: str, action: str) -> Iterator[None]:
+        """Hold ``model_id``'s admin lock for ``action``; at the end, wait for the engines it released.
+
+        The actions keep names and versions, never a served snapshot, in their locals: a
+        snapshot held here would keep a released engine alive for the whole wait.
+        """
         try:
             with self.service.store.busy(model_id, action):
-                yield
+                try:
+                    yield
+                finally:
+                    self.service.settle()
         except Busy as exc:
             raise _busy_error(model_id, action, exc.record) from None
 
@@ -157,7 +165,7 @@ class Admin:
             state = service.store.read()
             state["models"][model.id] = entry(state)
             written = service.store.write(state)  # a failed write raises before anything is served
-            previous = model.current
+            previous = model.current.served if model.current else None
             if model.id in service.models:
                 model.install(candidate)
             else:
@@ -166,7 +174,7 @@ class Admin:
             service.release_unused(written)
             service.store.changed()  # this process has applied its own write
             service._acknowledge()
-        return {**model.record(), "previous": previous.served if previous else None,
+        return {**model.record(), "previous": previous,
                 "generation": service.generation, "rss_bytes": rss()}
 
     # ------------------------------------------------------------------ memory

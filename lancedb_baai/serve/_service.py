@@ -132,6 +132,7 @@ class Service:
         self.lock = threading.RLock()  # one change of what is served at a time in this process
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
+        self._doomed: list[weakref.ref] = []  # released engines that requests in flight may still hold
         state = self.store.read()
         self.generation = state["generation"]
         models = {}
@@ -171,6 +172,7 @@ class Service:
         self.started = True
         self.store.changed()  # remember the file as it is now
         self.apply(self.store.read())  # a worker forked before the last swap catches up here
+        self.settle()
         if self.store.directory is not None:
             self._watcher = threading.Thread(target=self._watch, name="state-watcher", daemon=True)
             self._watcher.start()
@@ -195,6 +197,7 @@ class Service:
             try:
                 if self.store.changed():
                     self.apply(self.store.read())
+                    self.settle()
             except Exception:
                 logger.exception("could not apply %s; still serving what was served", self.store.path)
 
@@ -256,10 +259,19 @@ class Service:
         def unused(key: Any) -> bool:
             return (_group(key.kind), key.model) not in keep
 
-        doomed = [weakref.ref(engine) for key, engine in _cache.CACHE.engines() if unused(key)]
-        released = _cache.CACHE.release(unused)
+        self._doomed += [weakref.ref(engine) for key, engine in _cache.CACHE.engines() if unused(key)]
+        return _cache.CACHE.release(unused)
+
+    def settle(self) -> None:
+        """Wait for the requests in flight on released engines, then give their memory back.
+
+        Call it after letting go of :attr:`lock` and the state file lock: draining a full queue
+        takes seconds under load, and only the caller should wait for it, never the requests,
+        the other workers or the next admin action.
+        """
+        with self.lock:
+            doomed, self._doomed = self._doomed, []
         _settle(doomed)
-        return released
 
     def _acknowledge(self) -> None:
         self.store.acknowledge({"pid": os.getpid(), "generation": self.generation,
@@ -317,11 +329,19 @@ def _settle(doomed: list[weakref.ref], timeout_s: float = 10.0) -> None:
     The cache lets go of an engine at once, but a request in flight holds its snapshot until
     it answers; memory freed after the cache's ``malloc_trim`` would stay with the process.
     """
-    deadline = time.monotonic() + timeout_s
-    while any(ref() is not None for ref in doomed) and time.monotonic() < deadline:
+    start = time.monotonic()
+    collected = start - 1.0
+    while any(ref() is not None for ref in doomed) and time.monotonic() - start < timeout_s:
+        if time.monotonic() - collected >= 1.0:  # a snapshot caught in a cycle needs a collection;
+            gc.collect()                          # one every few ms would starve the serving threads
+            collected = time.monotonic()
         time.sleep(0.05)
-        gc.collect()
     if doomed:
+        gc.collect()
+        held = sum(ref() is not None for ref in doomed)
+        if held:
+            logger.warning("%d released engine(s) still held by requests after %.0f s; their memory "
+                           "comes back when those requests finish", held, timeout_s)
         _cache._free_memory()
 
 
