@@ -13,7 +13,8 @@ generator keeps 1, 8 and 32 clients busy for ``--duration`` seconds each, every 
   interpreter that has it installed.
 
 The engine's own in-process rate (``encode`` of the same texts, batches of 32, no HTTP) is
-the mark. After the rotation, the micro-batching server runs once more at the largest client count
+the mark, measured before each client count so that it shares the machine's conditions.
+After the rotation, the micro-batching server runs once more at the largest client count
 while its model is swapped (to a copy of the same weights in another folder, so a real load
 happens) and rolled back; that run's failed requests and latency are reported in a row of
 their own. The load generator shares the machine with
@@ -33,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -248,9 +250,9 @@ def main() -> int:
             c.start()
         for c in contenders:
             c.wait_ready(path="/health" if c.name == "infinity-emb" else "/readyz")
-        in_process = engine_rate(model, requests, min(duration, 10.0))
-        print(f"engine in process: {in_process:.1f} texts/s", flush=True)
-        rows = run_points(contenders, client_counts, duration, requests, copy, in_process)
+        rows = run_points(contenders, client_counts, duration, requests, copy,
+                          lambda: engine_rate(model, requests, min(duration, 10.0)))
+        in_process = statistics.median(r["engine_texts_per_s"] for r in rows)
     finally:
         for c in contenders:
             c.stop()
@@ -271,12 +273,15 @@ def main() -> int:
 
 
 def run_points(contenders: list[Contender], client_counts: list[int], duration: float,
-               requests: list[list[str]], copy: str, in_process: float) -> list[dict[str, Any]]:
-    """Each client count with the contenders in rotation; then, at the largest count, the
+               requests: list[list[str]], copy: str, mark: Callable[[], float]) -> list[dict[str, Any]]:
+    """Each client count with the contenders in rotation, after measuring the engine's own rate
+    (so the mark shares the conditions of the rows beside it); then, at the largest count, the
     micro-batching server again with a swap and a rollback during the run (its own row, so the
     plain rows stay comparable)."""
     rows = []
     for clients in client_counts:
+        in_process = mark()
+        print(f"engine in process: {in_process:.1f} texts/s", flush=True)
         for c in contenders:
             rows.append(run_point(c, c.name, clients, duration, requests, in_process, []))
     batching = contenders[0]
@@ -291,7 +296,8 @@ def run_point(c: Contender, label: str, clients: int, duration: float, requests:
               in_process: float, events: list[Any]) -> dict[str, Any]:
     print(f"  {label}: {clients} clients for {duration:g}s ...", flush=True)
     result = asyncio.run(load(c.url, c.model_id, clients, duration, requests, events))
-    return {"server": label, "clients": clients, **result, "vs_engine": result["texts_per_s"] / in_process}
+    return {"server": label, "clients": clients, **result, "engine_texts_per_s": in_process,
+            "vs_engine": result["texts_per_s"] / in_process}
 
 
 def print_results(rows: list[dict[str, Any]], in_process: float, swap_row: dict[str, Any]) -> None:

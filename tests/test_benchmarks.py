@@ -144,6 +144,7 @@ def test_serve_quick(tmp_path):
     for row in rows:
         assert row["errors"] == 0 and row["requests"] > 0 and row["texts_per_s"] > 0
         assert row["p50_ms"] <= row["p95_ms"] <= row["p99_ms"]
+        assert row["vs_engine"] == pytest.approx(row["texts_per_s"] / row["engine_texts_per_s"])
     swap = data["swap_during_load"]
     assert swap["errors"] == 0 and [e["status"] for e in swap["events"]] == [200, 200]
     assert "failed requests" in stdout
