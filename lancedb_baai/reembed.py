@@ -100,8 +100,9 @@ def rollback_reembed(table: Any, *, column: str | None = None, drop_old: bool = 
     replaced now are kept in turn, so reembed and rollback can alternate. Another way back,
     which also undoes every later write: ``table.restore(result["version_before"])``.
     """
+    dataset = _writable(table)
     column = _embedding_column(table, column)
-    kept = kept_columns(table.to_lance().schema, column)
+    kept = kept_columns(dataset.schema, column)
     if not kept:
         raise ValueError(f"column {column!r} keeps no earlier model's vectors (never re-embedded, or re-embedded "
                          "with drop_old=True): roll back with table.restore(version) instead")
@@ -117,8 +118,9 @@ def rollback_reembed(table: Any, *, column: str | None = None, drop_old: bool = 
 
 def drop_kept(table: Any, column: str | None = None) -> list[str]:
     """Drop the columns that keep earlier models' vectors of ``column`` (one commit); their names."""
+    dataset = _writable(table)
     column = _embedding_column(table, column)
-    names = sorted(kept_columns(_writable(table).schema, column))
+    names = sorted(kept_columns(dataset.schema, column))
     if names:
         table.drop_columns(names)
         logger.info("dropped the kept columns %s of %r", names, column)
