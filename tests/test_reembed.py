@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -244,6 +245,27 @@ def test_fill_missing_resumes_from_its_checkpoint(tmp_path, sharp_st_model, monk
 
 class _Killed(Exception):
     pass
+
+
+def test_cli_switches_rolls_back_and_drops_the_kept_vectors(table, sharp_st_model, tmp_path):
+    from typer.testing import CliRunner
+
+    from lancedb_baai import cli
+
+    def run(*args):
+        done = CliRunner().invoke(cli.app, ["reembed", str(tmp_path / "db"), "docs", *args])
+        return done.exit_code, done.output
+
+    code, output = run("--model", str(sharp_st_model), "--dtype", "float32", "--batch-size", "16")
+    assert code == 0 and json.loads(output.splitlines()[-1])["status"] == "switched", output
+    code, output = run("--rollback")
+    back = json.loads(output.splitlines()[-1])
+    assert code == 0 and back["status"] == "rolled back" and back["embedded"] == 0, output
+    code, output = run("--drop-old")
+    assert code == 0 and json.loads(output.splitlines()[-1]) == {"status": "dropped", "dropped": [back["kept_column"]]}
+    code, output = run()
+    assert code == 1 and "--rollback" in output
+    assert lancedb.connect(tmp_path / "db").open_table("docs").schema.names == ["text", "vector"]
 
 
 @pytest.mark.slow
