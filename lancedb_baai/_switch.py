@@ -32,6 +32,7 @@ import numpy as np
 import pyarrow as pa
 
 from . import _lance_schema
+from ._arrow import vector_array
 from ._checkpoint import Checkpoint
 
 KEPT_KEY = b"lancedb_baai.kept"
@@ -115,19 +116,19 @@ def _new_vectors(rows: pa.Table, plan: Plan, function: Any) -> tuple[pa.Array, i
     kept = rows[plan.reuse].combine_chunks().cast(plan.kind) if plan.reuse else pa.nulls(count, plan.kind)
     missing = np.flatnonzero(np.asarray(kept.is_null()))
     texts = rows[plan.source].to_pylist()
-    made = vector_array(function, [texts[i] for i in missing], plan.kind)
+    made = embedded_array(function, [texts[i] for i in missing], plan.kind)
     order = np.arange(count)
     order[missing] = count + np.arange(len(missing))
     return pa.concat_arrays([kept, made]).take(pa.array(order)), len(missing)
 
 
-def vector_array(function: Any, texts: list[str | None], kind: pa.DataType) -> pa.Array:
+def embedded_array(function: Any, texts: list[str | None], kind: pa.DataType) -> pa.Array:
     """``function``'s vectors of ``texts`` as an array of ``kind``; a null text gets a null vector."""
     present = [i for i, t in enumerate(texts) if t is not None]
     made = np.asarray(function.generate_embeddings([texts[i] for i in present]) if present else [],
                       dtype=np.float32).reshape(len(present), kind.list_size)
     if len(present) == len(texts):
-        return pa.FixedSizeListArray.from_arrays(pa.array(made.ravel()), type=kind)
+        return vector_array(made)
     rows: list[Any] = [None] * len(texts)
     for i, vector in zip(present, made):
         rows[i] = vector.tolist()

@@ -26,7 +26,7 @@ import pyarrow as pa
 from . import _fingerprint, _progress
 from ._checkpoint import Checkpoint
 from ._config import METADATA_KEY, EmbedderConfig
-from ._switch import KEPT_KEY, Plan, chunks, commit, embed_chunk, vector_array, write_fragments
+from ._switch import KEPT_KEY, Plan, chunks, commit, embed_chunk, embedded_array, write_fragments
 
 logger = logging.getLogger(__name__)
 
@@ -313,8 +313,8 @@ def fill_missing(table: Any, *, key: str, column: str | None = None, batch_size:
     kind = table.schema.field(column).type
 
     def batch(rows: pa.Table) -> pa.Table:
-        return pa.table({key: rows[key], column: vector_array(conf.function, rows[conf.source_column].to_pylist(),
-                                                              kind)})
+        texts = rows[conf.source_column].to_pylist()
+        return pa.table({key: rows[key], column: embedded_array(conf.function, texts, kind)})
 
     updates = pa.concat_tables([ck.table(f"batch-{i:06d}", lambda rows=todo.slice(start, batch_size): batch(rows))
                                 for i, start in enumerate(range(0, todo.num_rows, batch_size))])
