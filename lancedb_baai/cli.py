@@ -430,6 +430,8 @@ def serve(
     memory_budget: Optional[str] = typer.Option(None, "--memory-budget", help="Most model weight memory per process, "
                                                 "e.g. 6GiB: a load or swap beyond it is refused (409)."),
     log_format: str = typer.Option("text", "--log-format", help="Log lines, access log included: text or json."),
+    table: Optional[list[str]] = typer.Option(None, "--table", help="A LanceDB table as URI:NAME (repeatable): "
+                                              "swaps and rollbacks list those they leave behind."),
 ) -> None:
     """Serve embedders and rerankers over HTTP (OpenAI-compatible /v1/embeddings, /rerank, /metrics).
 
@@ -451,7 +453,7 @@ def serve(
                         micro_batching=micro_batching, batch_wait_ms=batch_wait_ms, max_queue=max_queue,
                         max_texts=max_texts, max_chars=max_chars, api_keys=keys,
                         allow_no_api_key=allow_no_api_key, memory_budget=memory_budget,
-                        log_format=log_format, load_defaults=options))
+                        log_format=log_format, tables=table or [], load_defaults=options))
 
 
 # --------------------------------------------------------------------------------------- bench

@@ -6,6 +6,7 @@ behind it. A candidate engine is checked (readable directory, memory budget) and
 warm while the served models keep answering; only then is the state file written, under
 its lock, and the change installed here. The other workers apply the file as they do a
 swap. Anything that fails before the write changes nothing: not what is served, not the file.
+A swap or rollback of an embedder answers with the tables it affects (``--table``, :mod:`._tables`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any
 from .. import _cache, _hub
 from ._service import HISTORY_DEPTH, Current, ServedModel, ServeError, Service
 from ._settings import ModelOptions
+from . import _tables
 from ._state import Busy
 from ._weights import bytes_on_disk, engine_bytes, rss
 
@@ -166,8 +168,11 @@ class Admin:
             service.release_unused(written)
             service.store.changed()  # this process has applied its own write
             service._acknowledge()
-        return {**model.record(), "previous": previous.served if previous else None,
-                "generation": service.generation, "rss_bytes": rss()}
+        record = {**model.record(), "previous": previous.served if previous else None,
+                  "generation": service.generation, "rss_bytes": rss()}
+        if previous is not None and model.kind == "embed":
+            record["affected_tables"] = _tables.affected(self.config.tables, previous.engine, candidate.engine)
+        return record
 
     # ------------------------------------------------------------------ memory
 
