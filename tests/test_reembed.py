@@ -20,6 +20,8 @@ import lancedb_baai
 from lancedb_baai import _switch, testing
 from lancedb_baai.reembed import drop_kept
 
+from _tables import keyed_table
+
 TEXTS = [f"paragraph {i}: {w} functions return values" for i, w in enumerate(
     ["lambda", "generator", "list", "dict", "class", "module", "async", "yield", "import", "tuple"] * 6)]
 
@@ -193,16 +195,8 @@ def test_errors_come_before_any_write(table, new_fn, tmp_path):
 
 def _keyed_table(tmp_path, model):
     """A table of TEXTS with an ``id`` key, filled by ``local-baai`` on ``model``: what fill_missing needs."""
-    fn = get_registry().get("local-baai").create(name=str(model), dtype="float32")
-
-    class Doc(LanceModel):
-        id: int
-        text: str = fn.SourceField()
-        vector: Vector(fn.ndims()) = fn.VectorField()
-
-    table = lancedb.connect(tmp_path / "db").create_table("docs", schema=Doc)
-    table.add([{"id": i, "text": t} for i, t in enumerate(TEXTS)])
-    return fn, table
+    table = keyed_table(tmp_path / "db", model, TEXTS)
+    return table.embedding_functions["vector"].function, table
 
 
 def test_fill_missing_embeds_only_the_null_rows_in_one_commit(tmp_path, sharp_st_model):

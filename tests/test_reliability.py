@@ -15,6 +15,8 @@ import pytest
 
 import lancedb
 
+from _tables import keyed_table
+
 BATCH = 40
 
 WRITER = textwrap.dedent(f"""
@@ -87,22 +89,9 @@ REEMBED_ROWS, REEMBED_SEED = 2000, 21  # seed 21: kills while embedding and whil
 
 def _docs_table(db, model):
     """REEMBED_ROWS rows in 4 fragments, embedded by ``model`` (texts without 8 or 9: see tests/test_ray.corpus)."""
-    from lancedb.embeddings import get_registry
-    from lancedb.pydantic import LanceModel, Vector
-
-    fn = get_registry().get("local-baai").create(name=str(model), dtype="float32")
-
-    class Doc(LanceModel):
-        id: int
-        text: str = fn.SourceField()
-        vector: Vector(fn.ndims()) = fn.VectorField()
-
     words = ["lambda", "list", "dict", "class", "module", "yield", "import", "tuple"]
-    table = lancedb.connect(db).create_table("docs", schema=Doc)
-    for start in range(0, REEMBED_ROWS, REEMBED_ROWS // 4):
-        table.add([{"id": i, "text": f"{words[i % 8]} {words[i // 8 % 8]} row {oct(i)[2:]}"}
-                   for i in range(start, start + REEMBED_ROWS // 4)])
-    return table
+    texts = [f"{words[i % 8]} {words[i // 8 % 8]} row {oct(i)[2:]}" for i in range(REEMBED_ROWS)]
+    return keyed_table(db, model, texts, parts=4)
 
 
 def _by_id(table, column):

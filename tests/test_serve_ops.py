@@ -25,6 +25,7 @@ psutil = pytest.importorskip("psutil")
 from lancedb_baai import BAAIEmbeddings, BAAIRerankFunction  # noqa: E402
 
 from _serve import Server  # noqa: E402
+from _tables import keyed_table  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -50,18 +51,8 @@ def ops(tmp_path_factory, sharp_st_model, sharp_cross_encoder, zh_model):
 
 def _tables_made_by(db, models: dict) -> list[str]:
     """One LanceDB table per name, its vectors made by that model here: what ``--table`` points the server at."""
-    import lancedb
-    from lancedb.embeddings import get_registry
-    from lancedb.pydantic import LanceModel, Vector
-
     for name, model in models.items():
-        fn = get_registry().get("local-baai").create(name=str(model), dtype="float32")
-
-        class Doc(LanceModel):
-            text: str = fn.SourceField()
-            vector: Vector(fn.ndims()) = fn.VectorField()
-
-        lancedb.connect(db).create_table(name, schema=Doc).add([{"text": t} for t in TEXTS])
+        keyed_table(db, model, TEXTS, name=name)
     return list(models)
 
 
