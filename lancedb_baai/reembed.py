@@ -32,6 +32,9 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["drop_kept", "fill_missing", "reembed", "rollback_reembed"]
 
+_ATTEMPTS = 3
+"""Runs of one :func:`reembed` call when other writers commit meanwhile (each run keeps what it finished)."""
+
 
 def reembed(table: Any, function: EmbedderConfig, *, column: str | None = None, source: str | None = None,
             batch_size: int = 256, allow_dims_change: bool = False, drop_old: bool = False,
@@ -68,8 +71,29 @@ def reembed(table: Any, function: EmbedderConfig, *, column: str | None = None, 
     dict
         ``status`` ("switched", "attached" or "unchanged"), ``column`` (the one searches by
         text use), ``kept_column`` (the old vectors, or None), ``rows``, ``embedded`` (texts
-        embedded by this call), ``dropped``, ``version_before``, ``version_after``.
+        embedded by this call), ``dropped``, ``version_before``, ``version_after``. A writer
+        that commits meanwhile makes Lance refuse the switch commit; the call then runs again
+        on the new version (up to 3 times), embedding only rows of changed or new fragments.
     """
+    from lance.commit import CommitConflictError
+
+    attempt = 1
+    while True:
+        try:
+            return _reembed_once(table, function, column, source, batch_size, allow_dims_change, drop_old,
+                                 checkpoint, ray_actors)
+        except CommitConflictError:
+            if attempt == _ATTEMPTS:
+                raise
+            attempt += 1
+            logger.info("another writer committed during the re-embed: again on the new version, with the "
+                        "chunks of unchanged fragments taken from the checkpoint")
+            table.checkout_latest()
+
+
+def _reembed_once(table: Any, function: EmbedderConfig, column: str | None, source: str | None, batch_size: int,
+                  allow_dims_change: bool, drop_old: bool, checkpoint: str | Path | None,
+                  ray_actors: int | None) -> dict[str, Any]:
     dataset = _writable(table)
     plan = _plan(table, dataset, function, column, source, allow_dims_change, drop_old)
     if plan is None:

@@ -106,6 +106,25 @@ def test_drop_old_keeps_no_vectors_now_or_later(table, new_fn, tmp_path):
         ["text", "vector"]
 
 
+def test_a_writer_committing_meanwhile_makes_the_switch_run_again_on_the_new_version(table, new_fn, tmp_path,
+                                                                                     monkeypatch):
+    write, raced = _switch._write_fragment, []
+
+    def racing(*args):
+        if not raced:  # once: another process appends a row while the fragments are written
+            raced.append(lancedb.connect(tmp_path / "db").open_table("docs").add([{"text": "written meanwhile"}]))
+        return write(*args)
+
+    monkeypatch.setattr(_switch, "_write_fragment", racing)
+    embedded = counting(monkeypatch)
+    result = lancedb_baai.reembed(table, new_fn, batch_size=16, checkpoint=tmp_path / "ck")
+    assert embedded[-2:] == [1, 1]  # the writer's add (old model), then the second run: only the new row
+    reopened = lancedb.connect(tmp_path / "db").open_table("docs")
+    texts, new = vectors(reopened, "vector")
+    assert reopened.count_rows() == len(TEXTS) + 1 and result["version_after"] == result["version_before"] + 1
+    assert np.allclose(new, np.array(new_fn.generate_embeddings(texts)), atol=1e-5)
+
+
 def test_a_table_at_an_old_version_is_refused_before_any_write(table, new_fn, tmp_path):
     table.add([{"text": "one more row"}])
     latest = table.version
