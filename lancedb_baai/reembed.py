@@ -8,6 +8,7 @@ The vectors it replaces are kept, bit for bit, in a ``list<float32>`` column
 :func:`rollback_reembed` can switch back without embedding again; ``drop_old=True`` keeps
 none. Every batch is checkpointed: killed at any point (``kill -9`` included), the same
 call resumes where it stopped. ``table.restore(result["version_before"])`` also goes back.
+A vector index on the replaced column indexed the old vectors and does not carry over.
 
 Attach (``source=``) fills a new vector column the same way and records the function, so
 ``table.add`` and search by text work in any process that imports this package.
@@ -120,9 +121,22 @@ def rollback_reembed(table: Any, *, column: str | None = None, drop_old: bool = 
     """Switch ``column`` back to the model whose vectors the last :func:`reembed` kept, in one commit.
 
     The kept vectors come back bit for bit, without embedding; rows added since the switch
-    (which only the newer model embedded) are embedded with the older one. The vectors
-    replaced now are kept in turn, so reembed and rollback can alternate. Another way back,
-    which also undoes every later write: ``table.restore(result["version_before"])``.
+    (which only the newer model embedded) are embedded with the older one, under its drift
+    guard. The vectors replaced now are kept in turn, so reembed and rollback can alternate.
+    Another way back, which also undoes every later write: ``table.restore(result["version_before"])``.
+
+    Parameters
+    ----------
+    table : lancedb.table.LanceTable
+    column : str, optional
+        The vector column; default the table's only embedding column.
+    drop_old, batch_size, checkpoint
+        As for :func:`reembed`.
+
+    Returns
+    -------
+    dict
+        As :func:`reembed` returns, with ``status`` "rolled back".
     """
     dataset = _writable(table)
     column = _embedding_column(table, column)
