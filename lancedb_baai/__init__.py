@@ -15,7 +15,7 @@ from .drift import EmbeddingDriftError, describe
 from .embeddings import BAAIEmbeddings
 from .lifecycle import loaded, preload, release, rollback, swap
 from .m3 import BGEM3ColbertEmbeddings, BGEM3Embeddings, BGEM3Reranker, fill_multivectors, sparse_column
-from .reembed import fill_missing, reembed
+from .reembed import fill_missing, reembed, rollback_reembed
 from .reranker import BAAIRerankFunction, BAAIReranker
 
 
@@ -36,6 +36,6 @@ def load_count() -> int:
 __all__ = [
     "BAAIEmbeddings", "BAAIRerankFunction", "BAAIReranker",
     "BGEM3Embeddings", "BGEM3ColbertEmbeddings", "BGEM3Reranker", "fill_multivectors", "sparse_column",
-    "EmbeddingDriftError", "describe", "reembed", "fill_missing",
+    "EmbeddingDriftError", "describe", "reembed", "rollback_reembed", "fill_missing",
     "allow_remote_code", "allow_url", "cache_info", "load_count", "preload", "release", "loaded", "swap", "rollback", "__version__",
 ]

@@ -430,6 +430,8 @@ def serve(
     memory_budget: Optional[str] = typer.Option(None, "--memory-budget", help="Most model weight memory per process, "
                                                 "e.g. 6GiB: a load or swap beyond it is refused (409)."),
     log_format: str = typer.Option("text", "--log-format", help="Log lines, access log included: text or json."),
+    table: Optional[list[str]] = typer.Option(None, "--table", help="A LanceDB table as URI:NAME (repeatable): "
+                                              "swaps and rollbacks list those they leave behind."),
 ) -> None:
     """Serve embedders and rerankers over HTTP (OpenAI-compatible /v1/embeddings, /rerank, /metrics).
 
@@ -451,7 +453,7 @@ def serve(
                         micro_batching=micro_batching, batch_wait_ms=batch_wait_ms, max_queue=max_queue,
                         max_texts=max_texts, max_chars=max_chars, api_keys=keys,
                         allow_no_api_key=allow_no_api_key, memory_budget=memory_budget,
-                        log_format=log_format, load_defaults=options))
+                        log_format=log_format, tables=table or [], load_defaults=options))
 
 
 # --------------------------------------------------------------------------------------- bench
@@ -537,12 +539,16 @@ def reembed(
     model: Optional[str] = typer.Option(None, "--model", "-m", help="The new model (hub id or directory)."),
     source: Optional[str] = typer.Option(None, "--source", help="Attach: the text column to embed."),
     column: Optional[str] = typer.Option(None, "--column", help="The vector column (default: the only one)."),
+    rollback: bool = typer.Option(False, "--rollback", help="Switch back to the vectors the last re-embed kept."),
+    drop_old: bool = typer.Option(False, "--drop-old", help="Keep no old vectors (alone: drop the kept ones)."),
     missing_only: bool = typer.Option(False, "--missing-only", help="Fill null vectors with the column's model."),
     key: Optional[str] = typer.Option(None, "--key", help="With --missing-only: a unique column to write back by."),
+    ray_actors: Optional[int] = typer.Option(None, "--ray-actors", min=1, help="Embed on this many Ray actors."),
     dtype: str = _DTYPE,
     batch_size: int = typer.Option(256, "--batch-size", help="Rows per checkpointed batch."),
 ) -> None:
-    """Re-embed a table's column to a new model (resumable: run it again after a kill), attach, or fill.
+    """Re-embed a table's column to a new model in one commit (resumable: run it again after a kill),
+    roll back, attach, or fill.
 
     Example: `lancedb-baai reembed ./db docs --model BAAI/bge-base-en-v1.5`
     """
@@ -554,11 +560,18 @@ def reembed(
             if not key:
                 _fail("--missing-only needs --key COLUMN, a column with a unique value per row")
             result = lancedb_baai.fill_missing(opened, key=key, column=column, batch_size=batch_size)
-        else:
-            if not model:
-                _fail("pass --model NAME (the new model), or --missing-only --key COLUMN")
+        elif rollback:
+            result = lancedb_baai.rollback_reembed(opened, column=column, drop_old=drop_old, batch_size=batch_size)
+        elif model:
             function = lancedb_baai.BAAIEmbeddings(name=model, dtype=dtype)
-            result = lancedb_baai.reembed(opened, function, column=column, source=source, batch_size=batch_size)
+            result = lancedb_baai.reembed(opened, function, column=column, source=source, batch_size=batch_size,
+                                          drop_old=drop_old, ray_actors=ray_actors)
+        elif drop_old:
+            from .reembed import drop_kept
+
+            result = {"status": "dropped", "dropped": drop_kept(opened, column)}
+        else:
+            _fail("pass --model NAME (the new model), --rollback, --drop-old, or --missing-only --key COLUMN")
         typer.echo(json.dumps(result))
 
 

@@ -43,7 +43,7 @@ class BAAIEmbeddings(NoRetry, EmbedderConfig, TextEmbeddingFunction):
         stored in the table's metadata.
     on_drift : {"error", "warn"}, default "error"
         What a table's function does when the model serving it is not the one that made
-        the table's vectors (see "Tables that know their model" in the README).
+        the table's vectors (see "Changing models safely" in the README).
 
     Examples
     --------

@@ -9,7 +9,8 @@ engine cache, when Ray constructs it; batches go Arrow in, Arrow out.
 fragments from the workers into a staging dataset, and create (or overwrite) the target
 table from it in one commit at the end, with the same schema and embedding-function
 metadata that ``table.add`` on a LanceDB table would give. A failure leaves the target as
-it was.
+it was. :func:`embed_chunks` is the embedding step of ``lancedb_baai.reembed(...,
+ray_actors=N)``, resumable like the local one.
 
 Ray is imported when first needed: install it with ``pip install "lancedb_baai[ray]"``.
 """
@@ -34,7 +35,9 @@ import pyarrow.compute as pc
 
 from ._arrow import vector_array
 from ._cache import CACHE
+from ._checkpoint import Checkpoint
 from ._config import EngineConfig
+from ._switch import Chunk, Plan, embed_chunk
 from .embeddings import BAAIEmbeddings
 from .reranker import BAAIRerankFunction
 
@@ -42,7 +45,7 @@ if TYPE_CHECKING:
     import ray.data
 
 __all__ = ["BAAIEmbedBatches", "BAAIRerankBatches", "BadRowError", "DEBUG_COLUMNS", "IngestReport",
-           "actor_options", "embed_to_lance"]
+           "actor_options", "embed_chunks", "embed_to_lance"]
 
 logger = logging.getLogger(__name__)
 
@@ -450,6 +453,48 @@ class _Job:
         table = db.create_table(table_name, data=staged.scanner().to_reader(), schema=self.schema,
                                 embedding_functions=[config], mode=mode)
         return table.count_rows()
+
+
+# --------------------------------------------------------------------------- reembed on actors
+
+
+def embed_chunks(dataset: Any, work: list[Chunk], plan: Plan, function: BAAIEmbeddings, checkpoint: Checkpoint,
+                 actors: int) -> int:
+    """Make :func:`lancedb_baai.reembed`'s chunks on ``actors`` Ray actors; how many texts they embedded.
+
+    Each actor loads the model once, opens the table at the planned version and keeps its
+    chunks in the checkpoint directory, which every actor must reach (one machine, or a
+    shared filesystem). Chunks kept by an earlier run are skipped, so a run killed at any
+    point (driver or actor) resumes like the local one.
+    """
+    ray = require_ray()
+    todo = [chunk for chunk in work if not checkpoint.has(chunk.name)]
+    if not todo:
+        return 0
+    options = actor_options(function, actors)
+    pool = [ray.remote(_ChunkActor).options(**options).remote(function, dataset.uri, dataset.version, plan,
+                                                              checkpoint)
+            for _ in range(min(actors, len(todo)))]
+    calls = [pool[i % len(pool)].run.remote(chunk) for i, chunk in enumerate(todo)]
+    try:
+        return sum(ray.get(calls))
+    finally:
+        for actor in pool:
+            ray.kill(actor)
+
+
+class _ChunkActor:
+    """One Ray actor of :func:`embed_chunks`: the model, loaded once, and the table at one version."""
+
+    def __init__(self, function: BAAIEmbeddings, uri: str, version: int, plan: Plan, checkpoint: Checkpoint) -> None:
+        import lance
+
+        self.function, self.plan, self.checkpoint = function, plan, checkpoint
+        self.dataset = lance.dataset(uri, version=version)
+        function.engine()
+
+    def run(self, chunk: Chunk) -> int:
+        return embed_chunk(self.dataset, chunk, self.plan, self.function, self.checkpoint)
 
 
 @contextmanager

@@ -1,181 +1,314 @@
-"""Re-embedding a table's column to a new model, and attaching a function to a plain table.
+"""Changing the model behind a table's vector column, attaching a function to a plain table, filling gaps.
 
-Both fill a new vector column with Lance's ``add_columns`` and a checkpointed batch UDF:
-every finished batch is kept in a SQLite checkpoint file, so a run killed at any point
-(``kill -9`` included) resumes where it stopped when the same call is made again, and the
-new column appears in one commit when all batches are done. Readers keep searching the old
-column meanwhile. A second commit then switches the table's embedding-function metadata:
+:func:`reembed` puts a new model's vectors under the column's own name in one Lance commit
+(:mod:`._switch`): until then readers search the old vectors with the old model, from then
+on the new ones with the new model, and plain ``table.search("text")`` works throughout.
+The vectors it replaces are kept, bit for bit, in a ``list<float32>`` column
+``<column>__<old weights digest>`` (LanceDB does not take that type for a vector column), so
+:func:`rollback_reembed` can switch back without embedding again; ``drop_old=True`` keeps
+none. Every batch is checkpointed: killed at any point (``kill -9`` included), the same
+call resumes where it stopped. ``table.restore(result["version_before"])`` also goes back.
+A vector index on the replaced column indexed the old vectors and does not carry over.
 
-- **re-embed**: the function entry moves from the old column to the new one (named
-  ``<old>_<weights digest>``, or ``new_column=``), recording the new model's fingerprint;
-  the old column stays as plain vectors, and ``table.restore(result["version_before"])``
-  brings everything back (LanceDB's time travel);
-- **attach**: the function is recorded for the new column, so ``table.add`` and search by
-  text work in any process that imports this package.
-
-Until the switch commit, the old column's function and fingerprint stay in force, so a
-reader never searches new vectors with the old model or old vectors with the new one.
+Attach (``source=``) fills a new vector column the same way and records the function, so
+``table.add`` and search by text work in any process that imports this package.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import tempfile
+import os
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 
-from . import _fingerprint
-from ._config import EmbedderConfig
+from . import _fingerprint, _progress
+from ._checkpoint import Checkpoint
+from ._config import METADATA_KEY, EmbedderConfig
+from ._switch import KEPT_KEY, Plan, chunks, commit, embed_chunk, embedded_array, write_fragments
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["fill_missing", "reembed"]
+__all__ = ["drop_kept", "fill_missing", "reembed", "rollback_reembed"]
+
+_ATTEMPTS = 3
+"""Runs of one :func:`reembed` call when other writers commit meanwhile (each run keeps what it finished)."""
 
 
 def reembed(table: Any, function: EmbedderConfig, *, column: str | None = None, source: str | None = None,
-            new_column: str | None = None, batch_size: int = 256, allow_dims_change: bool = False,
-            checkpoint: str | Path | None = None) -> dict[str, Any]:
-    """Fill a new vector column of ``table`` with ``function`` and switch the table to it.
+            batch_size: int = 256, allow_dims_change: bool = False, drop_old: bool = False,
+            checkpoint: str | Path | None = None, ray_actors: int | None = None) -> dict[str, Any]:
+    """Put ``function``'s vectors under ``table``'s vector column, in one commit; or attach it to a text column.
 
     Parameters
     ----------
     table : lancedb.table.LanceTable
-        A local table.
+        A local table, opened at its latest version.
     function : BAAIEmbeddings
         The function (model) the column gets from now on.
     column : str, optional
-        The vector column to re-embed; default: the table's only embedding column. With
-        ``source``, the name of the column to create (default "vector").
+        The vector column; default: the table's only embedding column. With ``source``, the
+        column to create (default "vector").
     source : str, optional
         Attach: the text column to embed, on a table that has no function for ``column``.
-    new_column : str, optional
-        Name of the re-embedded column (default ``<column>_<weights digest>``).
     batch_size : int, default 256
-        Rows per checkpointed batch.
+        Rows per checkpointed chunk.
     allow_dims_change : bool, default False
-        Allow a new model of another width (the old column is kept either way).
+        Allow a new model of another width.
+    drop_old : bool, default False
+        Keep no old vectors: the replaced ones are not kept, and columns kept by earlier
+        switches of this column are dropped (no :func:`rollback_reembed` after that).
     checkpoint : path, optional
-        Checkpoint file; default one per (table, column, model) in the temp directory, so
-        calling again after a kill resumes.
+        Checkpoint directory; default one per (table, column, model) in the temp directory,
+        so calling again after a kill resumes.
+    ray_actors : int, optional
+        Embed on this many Ray actors (:mod:`lancedb_baai.ray`) instead of in this process;
+        resume works the same way.
 
     Returns
     -------
     dict
-        ``status`` ("switched", "attached" or "unchanged"), ``column`` (the one searches
-        by text now use), ``old_column``, ``rows``, ``version_before``, ``version_after``.
+        ``status`` ("switched", "attached" or "unchanged"), ``column`` (the one searches by
+        text use), ``kept_column`` (the old vectors, or None), ``rows``, ``embedded`` (texts
+        embedded by this call), ``dropped``, ``version_before``, ``version_after``. A writer
+        that commits meanwhile makes Lance refuse the switch commit; the call then runs again
+        on the new version (up to 3 times), embedding only rows of changed or new fragments.
     """
-    plan = _plan(table, function, column, source, new_column, allow_dims_change)
-    if plan["status"] == "unchanged":
-        logger.info("column %r was already made by %s: nothing to re-embed", plan["column"], function.name)
-        return {**plan, "version_before": table.version, "version_after": table.version}
-    version_before = table.version
-    _fill(table, function, plan["source"], plan["column"], batch_size,
-          Path(checkpoint) if checkpoint else _checkpoint_path(table, plan["column"], function))
-    _switch(table, function, plan)
-    logger.info("%s column %r of %d rows with %s (old column %r kept)", plan["status"], plan["column"],
-                table.count_rows(), function.name, plan["old_column"])
-    return {**plan, "rows": table.count_rows(), "version_before": version_before, "version_after": table.version}
+    from lance.commit import CommitConflictError
+
+    attempt = 1
+    while True:
+        try:
+            return _reembed_once(table, function, column, source, batch_size, allow_dims_change, drop_old,
+                                 checkpoint, ray_actors)
+        except CommitConflictError:
+            if attempt == _ATTEMPTS:
+                raise
+            attempt += 1
+            logger.info("another writer committed during the re-embed: again on the new version, with the "
+                        "chunks of unchanged fragments taken from the checkpoint")
+            table.checkout_latest()
 
 
-def _plan(table: Any, function: EmbedderConfig, column: str | None, source: str | None,
-          new_column: str | None, allow_dims_change: bool) -> dict[str, Any]:
-    """What to do, or an error before anything is written."""
+def _reembed_once(table: Any, function: EmbedderConfig, column: str | None, source: str | None, batch_size: int,
+                  allow_dims_change: bool, drop_old: bool, checkpoint: str | Path | None,
+                  ray_actors: int | None) -> dict[str, Any]:
+    dataset = _writable(table)
+    plan = _plan(table, dataset, function, column, source, allow_dims_change, drop_old)
+    if plan is None:
+        return _unchanged(table, function, column, drop_old)
+    ck = Checkpoint(checkpoint) if checkpoint else Checkpoint.default(table.uri, plan.column, function.fingerprint())
+    work = chunks(dataset, batch_size)
+    if not work:
+        raise ValueError("the table has no rows, so there is nothing to embed; create it with the new function")
+    embedded = _embed(dataset, work, plan, function, ck, ray_actors)
+    fragments, written_schema = write_fragments(dataset, work, plan, ck)
+    version = commit(dataset, plan, fragments, written_schema)
+    ck.remove()
+    _refresh(table)
+    status = "attached" if plan.replaced is None else "switched"
+    logger.info("%s column %r of %d rows with %s (%d embedded; old vectors kept in %r)", status, plan.column,
+                table.count_rows(), function.name, embedded, plan.keep_as)
+    return {"status": status, "column": plan.column, "kept_column": plan.keep_as, "rows": table.count_rows(),
+            "embedded": embedded, "dropped": sorted(plan.drop), "version_before": dataset.version,
+            "version_after": version}
+
+
+def rollback_reembed(table: Any, *, column: str | None = None, drop_old: bool = False, batch_size: int = 256,
+                     checkpoint: str | Path | None = None) -> dict[str, Any]:
+    """Switch ``column`` back to the model whose vectors the last :func:`reembed` kept, in one commit.
+
+    The kept vectors come back bit for bit, without embedding; rows added since the switch
+    (which only the newer model embedded) are embedded with the older one, under its drift
+    guard. The vectors replaced now are kept in turn, so reembed and rollback can alternate.
+    Another way back, which also undoes every later write: ``table.restore(result["version_before"])``.
+
+    Parameters
+    ----------
+    table : lancedb.table.LanceTable
+    column : str, optional
+        The vector column; default the table's only embedding column.
+    drop_old, batch_size, checkpoint
+        As for :func:`reembed`.
+
+    Returns
+    -------
+    dict
+        As :func:`reembed` returns, with ``status`` "rolled back".
+    """
+    dataset = _writable(table)
+    column = _embedding_column(table, column)
+    kept = kept_columns(dataset.schema, column)
+    if not kept:
+        raise ValueError(f"column {column!r} keeps no earlier model's vectors (never re-embedded, or re-embedded "
+                         "with drop_old=True): roll back with table.restore(version) instead")
+    info = max(kept.values(), key=lambda k: k["kept_at"])
+    from lancedb.embeddings import get_registry
+
+    entry = {b"embedding_functions": json.dumps([info["function"]]).encode()}
+    function = get_registry().parse_functions(entry)[column].function
+    result = reembed(table, function, column=column, batch_size=batch_size, allow_dims_change=True,
+                     drop_old=drop_old, checkpoint=checkpoint)
+    return {**result, "status": "rolled back"}
+
+
+def drop_kept(table: Any, column: str | None = None) -> list[str]:
+    """Drop the columns that keep earlier models' vectors of ``column`` (one commit); their names."""
+    dataset = _writable(table)
+    column = _embedding_column(table, column)
+    names = sorted(kept_columns(dataset.schema, column))
+    if names:
+        table.drop_columns(names)
+        logger.info("dropped the kept columns %s of %r", names, column)
+    return names
+
+
+def kept_columns(schema: pa.Schema, column: str) -> dict[str, dict[str, Any]]:
+    """The columns keeping earlier vectors of ``column``, with what each records (:data:`KEPT_KEY`)."""
+    kept = {}
+    for item in schema:
+        info = json.loads((item.metadata or {}).get(KEPT_KEY, b"null"))
+        if isinstance(info, dict) and info.get("vector_column") == column:
+            kept[item.name] = info
+    return kept
+
+
+# ------------------------------------------------------------------ checks and plan
+
+
+def _writable(table: Any) -> Any:
+    """The table's Lance dataset, or an error (before any write) if this call may not write to it."""
+    if not hasattr(table, "to_lance"):
+        raise TypeError(f"reembed needs a local LanceDB table (lancedb.connect(path).open_table(name)), "
+                        f"not {type(table).__name__}")
+    dataset = table.to_lance()
+    if dataset.version != dataset.latest_version:
+        raise ValueError(f"the table is at version {dataset.version} but its latest is {dataset.latest_version} "
+                         "(checked out with table.checkout(), or another process wrote since it was opened): "
+                         "call table.checkout_latest() or open it again, then re-embed")
+    path = Path(dataset.uri)
+    if path.is_dir() and not os.access(path, os.W_OK | os.X_OK):
+        raise PermissionError(f"the table directory {str(path)!r} is read-only for this process (uid "
+                              f"{os.getuid()}): re-embed as its owner, or make it writable")
+    return dataset
+
+
+def _embedding_column(table: Any, column: str | None) -> str:
+    functions = table.embedding_functions
+    if column is None:
+        if len(functions) != 1:
+            raise ValueError(f"the table has {len(functions)} embedding columns {sorted(functions)}; pass column=")
+        return next(iter(functions))
+    if column not in functions:
+        raise ValueError(f"column {column!r} has no embedding function (columns with one: {sorted(functions)}); "
+                         "to attach one to a text column, pass source=")
+    return column
+
+
+def _stored_entries(dataset: Any) -> list[dict[str, Any]]:
+    stored = (dataset.schema.metadata or {}).get(b"embedding_functions")
+    return json.loads(stored) if stored else []
+
+
+def _entry(function: EmbedderConfig, source: str, column: str) -> dict[str, Any]:
+    from lancedb.embeddings import EmbeddingFunctionConfig, get_registry
+
+    config = EmbeddingFunctionConfig(source_column=source, vector_column=column, function=function)
+    return get_registry().function_to_metadata(config)
+
+
+def _plan(table: Any, dataset: Any, function: EmbedderConfig, column: str | None, source: str | None,
+          allow_dims_change: bool, drop_old: bool) -> Plan | None:
+    """What to write (None: the column already has this model's vectors), or an error before anything is."""
     if not isinstance(function, EmbedderConfig) or function.url:
         raise TypeError(f"reembed needs a local lancedb_baai embedding function (local-baai), not {function!r}")
     if function._semantics()["output"] != "dense":
         raise ValueError("reembed fills plain vector columns; ColBERT multi-vector columns are not supported yet "
                          "(fill them with lancedb_baai.fill_multivectors)")
-    functions, names = table.embedding_functions, table.schema.names
     if source is not None:
-        target = new_column or column or "vector"
-        if source not in names:
-            raise ValueError(f"source column {source!r} not found; columns are {names}. Pass source= a text column.")
-        if target in names:
-            raise ValueError(f"column {target!r} exists already; pass column= a new name for the vectors")
-        return {"status": "attached", "column": target, "old_column": None, "source": source}
-    if column is None:
-        if len(functions) != 1:
-            raise ValueError(f"the table has {len(functions)} embedding columns {sorted(functions)}; pass column=")
-        column = next(iter(functions))
-    if column not in functions:
-        raise ValueError(f"column {column!r} has no embedding function (columns with one: {sorted(functions)}); "
-                         "to attach one to a text column, pass source=")
-    old = functions[column].function
-    if not isinstance(old, EmbedderConfig):
-        raise ValueError(f"column {column!r} was written by {type(old).__name__}, an embedding function of "
-                         "another package; lancedb_baai re-embeds only columns it made")
-    recorded = (old.stored_provenance() or {}).get("fingerprint")
+        return _attach_plan(dataset, function, column or "vector", source)
+    column = _embedding_column(table, column)
+    old = table.embedding_functions[column]
+    if not isinstance(old.function, EmbedderConfig):
+        raise ValueError(f"column {column!r} was written by {type(old.function).__name__}, an embedding function "
+                         "of another package; lancedb_baai re-embeds only columns it made")
+    recorded = (old.function.stored_provenance() or {}).get("fingerprint")
     current = function.fingerprint()
     if recorded and not _fingerprint.differences(recorded, current):
-        return {"status": "unchanged", "column": column, "old_column": column, "source": functions[column].source_column}
-    if current["dims"] != table.schema.field(column).type.list_size and not allow_dims_change:
+        return None
+    width = dataset.schema.field(column).type.list_size
+    if current["dims"] != width and not allow_dims_change:
         raise ValueError(f"{function.name!r} makes {current['dims']}-d vectors but column {column!r} holds "
-                         f"{table.schema.field(column).type.list_size}-d ones; pass allow_dims_change=True "
-                         "(the new vectors go to a new column either way)")
-    target = new_column or f"{column}_{current['weights'] or 'new'}"[:64]
-    if target in names:
-        raise ValueError(f"column {target!r} exists already; pass new_column= another name")
-    return {"status": "switched", "column": target, "old_column": column,
-            "source": functions[column].source_column}
+                         f"{width}-d ones; pass allow_dims_change=True (searches then use the new width)")
+    return _switch_plan(dataset, function, current, column, old.source_column, recorded, drop_old)
 
 
-def _checkpoint_path(table: Any, column: str, function: EmbedderConfig) -> Path:
-    key = json.dumps([table.uri, column, function.fingerprint()], sort_keys=True, default=str)
-    directory = Path(tempfile.gettempdir()) / "lancedb_baai-reembed"
-    directory.mkdir(parents=True, exist_ok=True)
-    return directory / f"{hashlib.sha256(key.encode()).hexdigest()[:20]}.sqlite"
+def _attach_plan(dataset: Any, function: EmbedderConfig, column: str, source: str) -> Plan:
+    names = dataset.schema.names
+    if source not in names:
+        raise ValueError(f"source column {source!r} not found; columns are {names}. Pass source= a text column.")
+    if column in names:
+        raise ValueError(f"column {column!r} exists already; pass column= a new name for the vectors")
+    return Plan(column=column, source=source, dims=function.ndims(),
+                entries=[*_stored_entries(dataset), _entry(function, source, column)])
 
 
-def _fill(table: Any, function: EmbedderConfig, source: str, column: str, batch_size: int,
-          checkpoint: Path) -> None:
-    """Add ``column`` with ``function``'s vectors of ``source`` in one commit, resumable from ``checkpoint``."""
-    import lance
-
-    dims = function.ndims()
-    field = pa.field(column, pa.list_(pa.float32(), dims))
-
-    @lance.batch_udf(output_schema=pa.schema([field]), checkpoint_file=str(checkpoint))
-    def embed(batch: pa.RecordBatch) -> pa.RecordBatch:
-        vectors = _vectors(function, batch[source].to_pylist(), field.type)
-        return pa.RecordBatch.from_arrays([vectors], schema=pa.schema([field]))
-
-    table.to_lance().add_columns(embed, read_columns=[source], batch_size=batch_size)
-    table.checkout_latest()
-
-
-def _vectors(function: EmbedderConfig, texts: list[str | None], kind: pa.DataType) -> pa.Array:
-    """``function``'s vectors of ``texts`` as an array of ``kind``; a null text gets a null vector."""
-    import numpy as np
-
-    present = [i for i, t in enumerate(texts) if t is not None]
-    made = np.asarray(function.generate_embeddings([texts[i] for i in present]) if present else [],
-                      dtype=np.float32).reshape(len(present), kind.list_size)
-    if len(present) == len(texts):
-        return pa.FixedSizeListArray.from_arrays(pa.array(made.ravel()), type=kind)
-    rows: list[Any] = [None] * len(texts)
-    for i, vector in zip(present, made):
-        rows[i] = vector.tolist()
-    return pa.array(rows, type=kind)
+def _switch_plan(dataset: Any, function: EmbedderConfig, current: dict[str, Any], column: str, source: str,
+                 recorded: dict[str, Any] | None, drop_old: bool) -> Plan:
+    """Replace ``column``'s vectors; keep them under ``<column>__<digest>`` unless ``drop_old``."""
+    entries = _stored_entries(dataset)
+    old_entry = next(e for e in entries if e["vector_column"] == column)
+    kept = kept_columns(dataset.schema, column)
+    reuse = next((name for name, info in kept.items()
+                  if not _fingerprint.differences(_recorded(info["function"]), current)), None)
+    keep_as = None if drop_old else f"{column}__{(recorded or {}).get('weights') or 'unrecorded'}"
+    drop = set(kept) if drop_old else {name for name in kept if name in (reuse, keep_as)}
+    return Plan(column=column, source=source, dims=current["dims"], replaced=column, keep_as=keep_as,
+                kept={"vector_column": column, "function": old_entry, "kept_at": dataset.version}, reuse=reuse,
+                entries=[*(e for e in entries if e["vector_column"] != column), _entry(function, source, column)],
+                drop=frozenset(drop))
 
 
-def _switch(table: Any, function: EmbedderConfig, plan: dict[str, Any]) -> None:
-    """One commit: the function entry now names the new column and the new model's fingerprint.
+def _recorded(entry: dict[str, Any]) -> dict[str, Any]:
+    """The fingerprint a stored function entry recorded (one that matches nothing if it has none)."""
+    provenance = entry.get("model", {}).get(METADATA_KEY) or {}
+    return provenance.get("fingerprint") or {"weights": None, "dims": -1}
 
-    The other columns' entries are kept as stored (their fingerprints describe their vectors).
-    """
-    from lancedb.embeddings import EmbeddingFunctionConfig, get_registry
 
-    stored = (table.schema.metadata or {}).get(b"embedding_functions")
-    entries = [e for e in (json.loads(stored) if stored else []) if e["vector_column"] != plan["old_column"]]
-    entries.append(get_registry().function_to_metadata(
-        EmbeddingFunctionConfig(source_column=plan["source"], vector_column=plan["column"], function=function)))
-    table.to_lance().update_schema_metadata({"embedding_functions": json.dumps(entries, indent=2)})
+def _embed(dataset: Any, work: list, plan: Plan, function: EmbedderConfig, ck: Checkpoint,
+           ray_actors: int | None) -> int:
+    """Every chunk's vectors, here or on Ray actors; how many texts were embedded."""
+    if ray_actors:
+        from .ray import embed_chunks
+
+        return embed_chunks(dataset, work, plan, function, ck, ray_actors)
+    rows = sum(c.rows for c in work)
+    embedded = 0
+    with _progress.bar(_progress.wanted(function.show_progress, rows), rows, "re-embedding") as bar:
+        for chunk in work:
+            embedded += embed_chunk(dataset, chunk, plan, function, ck)
+            if bar is not None:
+                bar.update(chunk.rows)
+    return embedded
+
+
+def _unchanged(table: Any, function: EmbedderConfig, column: str | None, drop_old: bool) -> dict[str, Any]:
+    column = _embedding_column(table, column)
+    logger.info("column %r was already made by %s: nothing to re-embed", column, function.name)
+    version = table.version
+    dropped = drop_kept(table, column) if drop_old else []
+    return {"status": "unchanged", "column": column, "kept_column": None, "rows": table.count_rows(),
+            "embedded": 0, "dropped": dropped, "version_before": version, "version_after": table.version}
+
+
+def _refresh(table: Any) -> None:
     table.checkout_latest()
     table.__dict__.pop("embedding_functions", None)  # LanceTable caches the parsed functions
+
+
+# ------------------------------------------------------------------ fill
 
 
 def fill_missing(table: Any, *, key: str, column: str | None = None, batch_size: int = 256,
@@ -203,45 +336,28 @@ def fill_missing(table: Any, *, key: str, column: str | None = None, batch_size:
     dict
         ``status`` ("filled" or "complete"), ``column``, ``rows`` (filled), ``version_before``, ``version_after``.
     """
-    functions = table.embedding_functions
-    column = column or (next(iter(functions)) if len(functions) == 1 else None)
-    if column not in functions:
-        raise ValueError(f"pass column= one of the embedding columns {sorted(functions)}")
-    conf, names = functions[column], table.schema.names
+    dataset = _writable(table)
+    column = _embedding_column(table, column)
+    conf, names = table.embedding_functions[column], table.schema.names
     if key not in names or conf.source_column not in names:
         missing = key if key not in names else conf.source_column
         raise ValueError(f"column {missing!r} not found; columns are {names}")
     version = table.version
-    todo = table.to_lance().to_table(columns=[key, conf.source_column],
-                                     filter=f"{column} IS NULL AND {conf.source_column} IS NOT NULL").sort_by(key)
+    todo = dataset.to_table(columns=[key, conf.source_column],
+                            filter=f"{column} IS NULL AND {conf.source_column} IS NOT NULL").sort_by(key)
     if todo.num_rows == 0:
         return {"status": "complete", "column": column, "rows": 0, "version_before": version, "version_after": version}
-    directory = Path(checkpoint) if checkpoint else _checkpoint_path(table, f"{column}@{version}", conf.function)
-    directory = directory.with_suffix(".fill")
-    directory.mkdir(parents=True, exist_ok=True)
+    ck = Checkpoint(checkpoint) if checkpoint else Checkpoint.default(table.uri, f"{column}@{version}", "fill")
     kind = table.schema.field(column).type
-    parts = [_filled_batch(directory / f"{i:06d}.arrow", todo.slice(start, batch_size), key,
-                           conf.source_column, column, conf.function, kind)
-             for i, start in enumerate(range(0, todo.num_rows, batch_size))]
-    updates = pa.concat_tables(parts)
-    table.to_lance().merge_insert(key).when_matched_update_all().execute(updates)
-    table.checkout_latest()
-    import shutil
 
-    shutil.rmtree(directory, ignore_errors=True)
+    def batch(rows: pa.Table) -> pa.Table:
+        texts = rows[conf.source_column].to_pylist()
+        return pa.table({key: rows[key], column: embedded_array(conf.function, texts, kind)})
+
+    updates = pa.concat_tables([ck.table(f"batch-{i:06d}", lambda rows=todo.slice(start, batch_size): batch(rows))
+                                for i, start in enumerate(range(0, todo.num_rows, batch_size))])
+    dataset.merge_insert(key).when_matched_update_all().execute(updates)
+    ck.remove()
+    _refresh(table)
     return {"status": "filled", "column": column, "rows": updates.num_rows, "version_before": version,
             "version_after": table.version}
-
-
-def _filled_batch(part: Path, rows: pa.Table, key: str, source: str, column: str, function: Any,
-                  kind: pa.DataType) -> pa.Table:
-    """One batch of (key, vector), from its checkpoint file if a previous run finished it."""
-    import pyarrow.feather as feather
-
-    if part.exists():
-        return feather.read_table(part)
-    batch = pa.table({key: rows[key], column: _vectors(function, rows[source].to_pylist(), kind)})
-    scratch = part.with_suffix(".tmp")
-    feather.write_feather(batch, scratch)
-    scratch.replace(part)  # a kill leaves either no file or a whole one
-    return batch

@@ -164,5 +164,5 @@ def test_reembed_quick(tmp_path):
     check_machine(data["machine"])
     assert data["rows"] == 200 and "x vs add" in stdout
     methods = [row["method"] for row in data["results"]]
-    assert methods[:2] == ["table.add", "reembed (attach)"] and len(methods) == 4
+    assert methods[:3] == ["table.add", "reembed (attach)", "reembed (switch)"] and len(methods) == 5
     assert all(row["best_s"] > 0 and row["vs_add"] > 0 for row in data["results"])

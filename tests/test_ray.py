@@ -349,3 +349,38 @@ def test_benchmark_quick_run(ray_session, tmp_path):
         assert run["rows_per_s"] > 0 and run["ratio_to_table_add"] > 0
     assert result["table_add"]["rows_per_s"] > 0
     assert "rows/s" in done.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_reembed_on_ray_actors_resumes_what_a_local_run_left(ray_session, st_model, sharp_st_model, tmp_path,
+                                                              monkeypatch):
+    from lancedb_baai import _switch
+
+    fn, new = make(st_model), make(sharp_st_model)
+
+    class Doc(LanceModel):
+        text: str = fn.SourceField()
+        vector: Vector(fn.ndims()) = fn.VectorField()
+
+    texts = corpus(40)["text"].to_pylist()
+    table = lancedb.connect(tmp_path / "db").create_table("docs", schema=Doc)
+    table.add([{"text": t} for t in texts])
+    local = _switch.embed_chunk
+    done = []
+
+    def dies_after_two(*args):
+        if len(done) == 2:
+            raise KeyboardInterrupt  # what a killed run leaves: two chunks in the checkpoint
+        done.append(local(*args))
+        return done[-1]
+
+    monkeypatch.setattr(sys.modules["lancedb_baai.reembed"], "embed_chunk", dies_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        lancedb_baai.reembed(table, new, batch_size=8, checkpoint=tmp_path / "ck")
+    monkeypatch.undo()
+    result = lancedb_baai.reembed(table, new, batch_size=8, checkpoint=tmp_path / "ck", ray_actors=1)
+    assert result["status"] == "switched" and result["embedded"] == len(texts) - 2 * 8  # the actor did the rest
+    rows = lancedb.connect(tmp_path / "db").open_table("docs").to_arrow()
+    vectors = np.array(rows["vector"].to_pylist(), dtype=np.float32)
+    assert np.abs(vectors - np.array(new.generate_embeddings(rows["text"].to_pylist()))).max() <= 1e-5

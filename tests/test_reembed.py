@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
-import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import lancedb
 import numpy as np
@@ -15,7 +17,10 @@ from lancedb.embeddings import TextEmbeddingFunction, get_registry, register
 from lancedb.pydantic import LanceModel, Vector
 
 import lancedb_baai
-from lancedb_baai import testing
+from lancedb_baai import _switch, testing
+from lancedb_baai.reembed import drop_kept
+
+from _tables import keyed_table
 
 TEXTS = [f"paragraph {i}: {w} functions return values" for i, w in enumerate(
     ["lambda", "generator", "list", "dict", "class", "module", "async", "yield", "import", "tuple"] * 6)]
@@ -48,22 +53,109 @@ def new_fn(sharp_st_model):
     return lancedb_baai.BAAIEmbeddings(name=str(sharp_st_model), dtype="float32")
 
 
-def test_reembed_fills_a_new_column_and_switches_in_one_commit(table, new_fn, tmp_path):
+def test_reembed_switches_the_column_in_one_commit_and_keeps_the_old_vectors(table, new_fn, tmp_path):
     texts, old = vectors(table, "vector")
-    result = lancedb_baai.reembed(table, new_fn, batch_size=16, checkpoint=tmp_path / "ck.sqlite")
-    assert result["status"] == "switched" and result["old_column"] == "vector" and result["rows"] == len(TEXTS)
-    column = result["column"]
-    # one commit for the filled column, one for the metadata switch
-    assert result["version_after"] == result["version_before"] + 2
+    result = lancedb_baai.reembed(table, new_fn, batch_size=16, checkpoint=tmp_path / "ck")
+    assert result["status"] == "switched" and result["column"] == "vector" and result["rows"] == len(TEXTS)
+    assert result["version_after"] == result["version_before"] + 1  # fill, switch and metadata: one commit
+    kept = result["kept_column"]
     reopened = lancedb.connect(tmp_path / "db").open_table("docs")
-    assert np.array_equal(vectors(reopened, "vector")[1], old)  # the old column stays bit for bit
-    new_texts, new = vectors(reopened, column)
-    assert np.allclose(new, np.array(new_fn.generate_embeddings(new_texts)), atol=1e-5)
-    assert list(reopened.embedding_functions) == [column]
+    assert reopened.schema.field(kept).type == pa.list_(pa.float32())  # not a vector column for LanceDB
+    assert np.array_equal(vectors(reopened, kept)[1], old)  # the old vectors, bit for bit
+    new_texts, new = vectors(reopened, "vector")
+    assert new_texts == texts and np.allclose(new, np.array(new_fn.generate_embeddings(new_texts)), atol=1e-5)
+    assert list(reopened.embedding_functions) == ["vector"]
     assert lancedb_baai.describe(reopened)[0]["status"] == "ok"
-    assert len(reopened.search("lambda", vector_column_name=column).limit(3).to_list()) == 3
-    reopened.restore(result["version_before"])  # rollback: LanceDB time travel
-    assert list(lancedb.connect(tmp_path / "db").open_table("docs").embedding_functions) == ["vector"]
+    hits = reopened.search("lambda").limit(3).to_list()  # plain search: no vector_column_name
+    assert len(hits) == 3 and hits == reopened.search("lambda", vector_column_name="vector").limit(3).to_list()
+    reopened.add([{"text": "a row added after the switch"}])  # embedded by the new model; nothing kept for it
+    reopened.restore(result["version_before"])  # rollback by time travel
+    assert lancedb.connect(tmp_path / "db").open_table("docs").schema.names == ["text", "vector"]
+    assert not list((tmp_path / "ck").glob("*"))  # the checkpoint is gone after the commit
+
+
+def test_rollback_brings_the_kept_vectors_back_and_embeds_only_rows_added_since(table, new_fn, tmp_path,
+                                                                               monkeypatch):
+    _, old = vectors(table, "vector")
+    old_fn = table.embedding_functions["vector"].function
+    first = lancedb_baai.reembed(table, new_fn, batch_size=16, checkpoint=tmp_path / "ck")
+    table.add([{"text": "zz a row added after the switch"}])
+    embedded = counting(monkeypatch)
+    back = lancedb_baai.rollback_reembed(table, checkpoint=tmp_path / "ck2")
+    assert back["status"] == "rolled back" and sum(embedded) == back["embedded"] == 1
+    assert back["version_after"] == back["version_before"] + 1 and back["dropped"] == [first["kept_column"]]
+    reopened = lancedb.connect(tmp_path / "db").open_table("docs")
+    texts, restored = vectors(reopened, "vector")
+    assert np.array_equal(restored[:-1], old)  # bit for bit, not re-embedded
+    assert np.allclose(restored[-1], old_fn.generate_embeddings([texts[-1]])[0], atol=1e-5)
+    assert reopened.embedding_functions["vector"].function.name == old_fn.name
+    assert lancedb_baai.describe(reopened)[0]["status"] == "ok" and len(reopened.search("lambda").to_list()) > 0
+    again = lancedb_baai.reembed(reopened, new_fn, checkpoint=tmp_path / "ck3")  # forward again: all kept
+    assert again["embedded"] == 0 and again["dropped"] == [back["kept_column"]]  # every row was kept
+
+
+def test_drop_old_keeps_no_vectors_now_or_later(table, new_fn, tmp_path):
+    result = lancedb_baai.reembed(table, new_fn, checkpoint=tmp_path / "ck")
+    with_kept = lancedb.connect(tmp_path / "db").open_table("docs")
+    assert drop_kept(with_kept) == [result["kept_column"]] and with_kept.schema.names == ["text", "vector"]
+    with pytest.raises(ValueError, match="keeps no earlier model's vectors"):
+        lancedb_baai.rollback_reembed(with_kept)
+    back = lancedb_baai.reembed(with_kept, table.embedding_functions["vector"].function, drop_old=True,
+                                checkpoint=tmp_path / "ck2")
+    assert back["kept_column"] is None and lancedb.connect(tmp_path / "db").open_table("docs").schema.names == \
+        ["text", "vector"]
+
+
+def test_a_writer_committing_meanwhile_makes_the_switch_run_again_on_the_new_version(table, new_fn, tmp_path,
+                                                                                     monkeypatch):
+    write, raced = _switch._write_fragment, []
+
+    def racing(*args):
+        if not raced:  # once: another process appends a row while the fragments are written
+            raced.append(lancedb.connect(tmp_path / "db").open_table("docs").add([{"text": "written meanwhile"}]))
+        return write(*args)
+
+    monkeypatch.setattr(_switch, "_write_fragment", racing)
+    embedded = counting(monkeypatch)
+    result = lancedb_baai.reembed(table, new_fn, batch_size=16, checkpoint=tmp_path / "ck")
+    assert embedded[-2:] == [1, 1]  # the writer's add (old model), then the second run: only the new row
+    reopened = lancedb.connect(tmp_path / "db").open_table("docs")
+    texts, new = vectors(reopened, "vector")
+    assert reopened.count_rows() == len(TEXTS) + 1 and result["version_after"] == result["version_before"] + 1
+    assert np.allclose(new, np.array(new_fn.generate_embeddings(texts)), atol=1e-5)
+
+
+def test_a_table_at_an_old_version_is_refused_before_any_write(table, new_fn, tmp_path):
+    table.add([{"text": "one more row"}])
+    latest = table.version
+    old = lancedb.connect(tmp_path / "db").open_table("docs")
+    old.checkout(latest - 1)
+    with pytest.raises(ValueError, match="checkout_latest"):
+        lancedb_baai.reembed(old, new_fn, checkpoint=tmp_path / "ck")
+    with pytest.raises(ValueError, match="checkout_latest"):
+        lancedb_baai.rollback_reembed(old)
+    assert lancedb.connect(tmp_path / "db").open_table("docs").version == latest and not (tmp_path / "ck").exists()
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes to read-only directories, so the check cannot fire")
+def test_a_read_only_table_directory_is_refused_before_any_write(table, new_fn, tmp_path):
+    directory, version = Path(table.to_lance().uri), table.version
+    directory.chmod(0o555)
+    try:
+        with pytest.raises(PermissionError, match="read-only for this process"):
+            lancedb_baai.reembed(table, new_fn, checkpoint=tmp_path / "ck")
+    finally:
+        directory.chmod(0o755)
+    assert lancedb.connect(tmp_path / "db").open_table("docs").version == version
+
+
+def counting(monkeypatch):
+    """The sizes of the embedding calls made from now on (the calls still run)."""
+    calls = []
+    original = lancedb_baai.BAAIEmbeddings.generate_embeddings
+    monkeypatch.setattr(lancedb_baai.BAAIEmbeddings, "generate_embeddings",
+                        lambda self, t, *a, **k: calls.append(len(t)) or original(self, t, *a, **k))
+    return calls
 
 
 def test_reembed_with_the_same_model_is_a_no_op(table, tmp_path):
@@ -73,54 +165,11 @@ def test_reembed_with_the_same_model_is_a_no_op(table, tmp_path):
     assert result["status"] == "unchanged" and table.version == version
 
 
-KILLER = """
-import os, signal, sys
-import lancedb, lancedb_baai
-calls = []
-original = lancedb_baai.BAAIEmbeddings.generate_embeddings
-def dying(self, texts, *a, **k):
-    calls.append(len(texts))
-    if len(calls) > int(sys.argv[4]):
-        os.kill(os.getpid(), signal.SIGKILL)
-    return original(self, texts, *a, **k)
-lancedb_baai.BAAIEmbeddings.generate_embeddings = dying
-table = lancedb.connect(sys.argv[1]).open_table("docs")
-lancedb_baai.reembed(table, lancedb_baai.BAAIEmbeddings(name=sys.argv[2], dtype="float32"), batch_size=6,
-                     checkpoint=sys.argv[3])
-"""
-
-
-@pytest.mark.slow
-@pytest.mark.timeout(900)
-def test_a_killed_reembed_resumes_without_losing_or_repeating_rows(table, new_fn, tmp_path, monkeypatch):
-    checkpoint = tmp_path / "ck.sqlite"
-    version, (texts, old) = table.version, vectors(table, "vector")
-    for survive in (3, 6):  # killed twice, after 3 and then 6 more batches of 6 rows
-        proc = subprocess.run([sys.executable, "-c", KILLER, str(tmp_path / "db"), new_fn.name, str(checkpoint),
-                               str(survive)], capture_output=True, text=True, timeout=300)
-        assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
-        reopened = lancedb.connect(tmp_path / "db").open_table("docs")
-        assert reopened.version == version and reopened.schema.names == ["text", "vector"]
-        assert np.array_equal(vectors(reopened, "vector")[1], old)
-    embedded = []
-    original = lancedb_baai.BAAIEmbeddings.generate_embeddings
-    monkeypatch.setattr(lancedb_baai.BAAIEmbeddings, "generate_embeddings",
-                        lambda self, t, *a, **k: embedded.append(len(t)) or original(self, t, *a, **k))
-    result = lancedb_baai.reembed(lancedb.connect(tmp_path / "db").open_table("docs"), new_fn, batch_size=6,
-                                  checkpoint=checkpoint)
-    assert 0 < sum(embedded) <= len(TEXTS) - 6 * 6  # the batches kept by the checkpoint are not embedded again
-    final = lancedb.connect(tmp_path / "db").open_table("docs")
-    new_texts, new = vectors(final, result["column"])
-    assert new_texts == texts and final.count_rows() == len(TEXTS)
-    monkeypatch.undo()
-    assert np.allclose(new, np.array(new_fn.generate_embeddings(new_texts)), atol=1e-5)
-
-
 def test_attach_a_function_to_a_plain_text_table(tmp_path, sharp_st_model):
     db = lancedb.connect(tmp_path / "db")
     plain = db.create_table("docs", pa.table({"text": TEXTS}))
     fn = lancedb_baai.BAAIEmbeddings(name=str(sharp_st_model), dtype="float32")
-    result = lancedb_baai.reembed(plain, fn, source="text", checkpoint=tmp_path / "ck.sqlite")
+    result = lancedb_baai.reembed(plain, fn, source="text", checkpoint=tmp_path / "ck")
     assert result["status"] == "attached" and result["column"] == "vector"
     reopened = lancedb.connect(tmp_path / "db").open_table("docs")
     assert lancedb_baai.describe(reopened)[0]["status"] == "ok"
@@ -165,16 +214,8 @@ def test_errors_come_before_any_write(table, new_fn, tmp_path):
 
 def _keyed_table(tmp_path, model):
     """A table of TEXTS with an ``id`` key, filled by ``local-baai`` on ``model``: what fill_missing needs."""
-    fn = get_registry().get("local-baai").create(name=str(model), dtype="float32")
-
-    class Doc(LanceModel):
-        id: int
-        text: str = fn.SourceField()
-        vector: Vector(fn.ndims()) = fn.VectorField()
-
-    table = lancedb.connect(tmp_path / "db").create_table("docs", schema=Doc)
-    table.add([{"id": i, "text": t} for i, t in enumerate(TEXTS)])
-    return fn, table
+    table = keyed_table(tmp_path / "db", model, TEXTS)
+    return table.embedding_functions["vector"].function, table
 
 
 def test_fill_missing_embeds_only_the_null_rows_in_one_commit(tmp_path, sharp_st_model):
@@ -219,6 +260,27 @@ class _Killed(Exception):
     pass
 
 
+def test_cli_switches_rolls_back_and_drops_the_kept_vectors(table, sharp_st_model, tmp_path):
+    from typer.testing import CliRunner
+
+    from lancedb_baai import cli
+
+    def run(*args):
+        done = CliRunner().invoke(cli.app, ["reembed", str(tmp_path / "db"), "docs", *args])
+        return done.exit_code, done.output
+
+    code, output = run("--model", str(sharp_st_model), "--dtype", "float32", "--batch-size", "16")
+    assert code == 0 and json.loads(output.splitlines()[-1])["status"] == "switched", output
+    code, output = run("--rollback")
+    back = json.loads(output.splitlines()[-1])
+    assert code == 0 and back["status"] == "rolled back" and back["embedded"] == 0, output
+    code, output = run("--drop-old")
+    assert code == 0 and json.loads(output.splitlines()[-1]) == {"status": "dropped", "dropped": [back["kept_column"]]}
+    code, output = run()
+    assert code == 1 and "--rollback" in output
+    assert lancedb.connect(tmp_path / "db").open_table("docs").schema.names == ["text", "vector"]
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_cli_attach_then_search_by_text_in_a_fresh_process(tmp_path, sharp_st_model):
@@ -240,14 +302,22 @@ def test_cli_attach_then_search_by_text_in_a_fresh_process(tmp_path, sharp_st_mo
     assert refused.exit_code == 1 and "--key" in refused.output
 
 
-def test_readers_see_the_old_column_until_the_switch(table, new_fn, tmp_path, monkeypatch):
+def test_readers_see_the_old_table_until_the_one_commit_then_the_new_one(table, new_fn, tmp_path, monkeypatch):
     def snapshot():
-        reader = lancedb.connect(tmp_path / "db").open_table("docs")
+        reader = lancedb.connect(tmp_path / "db").open_table("docs")  # plain search by text throughout
         return reader.schema.names, [(r["text"], r["_distance"]) for r in reader.search("lambda").limit(5).to_list()]
 
     before, seen = snapshot(), []
     original = lancedb_baai.BAAIEmbeddings.generate_embeddings
     monkeypatch.setattr(lancedb_baai.BAAIEmbeddings, "generate_embeddings",
                         lambda self, t, *a, **k: seen.append(snapshot()) or original(self, t, *a, **k))
-    lancedb_baai.reembed(table, new_fn, batch_size=20, checkpoint=tmp_path / "ck.sqlite")
-    assert len(seen) == 3 and all(s == before for s in seen)  # mid-run: same columns, same answers
+    write = _switch._write_fragment
+    monkeypatch.setattr(_switch, "_write_fragment", lambda *a: seen.append(snapshot()) or write(*a))
+    result = lancedb_baai.reembed(table, new_fn, batch_size=20, checkpoint=tmp_path / "ck")
+    assert len(seen) == 3 + 1 and all(s == before for s in seen)  # embedding and writing: the old table
+    monkeypatch.undo()
+    names, hits = snapshot()
+    assert names == ["text", "vector", result["kept_column"]]
+    query = new_fn.compute_query_embeddings("lambda")[0]
+    expected = lancedb.connect(tmp_path / "db").open_table("docs").search(query).limit(5).to_list()
+    assert hits == [(r["text"], r["_distance"]) for r in expected]  # the new model's query on the new vectors

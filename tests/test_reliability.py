@@ -1,4 +1,4 @@
-"""Faults a long-running ingest meets: a writer killed with SIGKILL in the middle of ``table.add``."""
+"""Faults long-running writes meet: a writer killed with SIGKILL in ``table.add``, a re-embed killed three times."""
 
 from __future__ import annotations
 
@@ -9,9 +9,13 @@ import sys
 import textwrap
 import time
 
+import numpy as np
+import pyarrow as pa
 import pytest
 
 import lancedb
+
+from _tables import keyed_table
 
 BATCH = 40
 
@@ -58,3 +62,79 @@ def test_killed_writer_leaves_only_whole_batches(tmp_path, minilm, after_batches
     assert sorted(c["batch"] for c in counts) == list(range(len(counts)))  # no batch missing in between
     assert all(c["batch_count"] == BATCH for c in counts)
     assert rows["vector"].null_count == 0
+
+
+KILLED_REEMBED = textwrap.dedent("""
+    import os, signal, sys
+    import lancedb, lancedb_baai
+    from lancedb_baai import _checkpoint
+    db, model, checkpoint, at, stage = sys.argv[1:6]
+    original, writes = _checkpoint.Checkpoint._write, []
+    def dying(path, write):  # killed at the at-th checkpoint write: before it, torn half-way, or just after
+        writes.append(path)
+        if len(writes) < int(at):
+            return original(path, write)
+        if stage == "torn":
+            write(path.with_name(path.name + ".tmp"))
+        elif stage == "after":
+            original(path, write)
+        os.kill(os.getpid(), signal.SIGKILL)
+    _checkpoint.Checkpoint._write = staticmethod(dying)
+    table = lancedb.connect(db).open_table("docs")
+    lancedb_baai.reembed(table, lancedb_baai.BAAIEmbeddings(name=model, dtype="float32"), batch_size=100,
+                         checkpoint=checkpoint)
+""")
+REEMBED_ROWS, REEMBED_SEED = 2000, 21  # seed 21: kills while embedding and while writing fragments
+
+
+def _docs_table(db, model):
+    """REEMBED_ROWS rows in 4 fragments, embedded by ``model`` (texts without 8 or 9: see tests/test_ray.corpus)."""
+    words = ["lambda", "list", "dict", "class", "module", "yield", "import", "tuple"]
+    texts = [f"{words[i % 8]} {words[i // 8 % 8]} row {oct(i)[2:]}" for i in range(REEMBED_ROWS)]
+    return keyed_table(db, model, texts, parts=4)
+
+
+def _by_id(table, column):
+    rows = table.to_arrow().sort_by("id")
+    return rows["id"].to_pylist(), np.array(rows[column].to_pylist(), dtype=np.float32)
+
+
+@pytest.mark.reliability
+@pytest.mark.timeout(300)
+def test_reembed_killed_three_times_at_random_points_then_resumed(tmp_path, st_model, sharp_st_model, monkeypatch):
+    import random
+
+    import lancedb_baai
+
+    db, checkpoint = tmp_path / "db", tmp_path / "ck"
+    table = _docs_table(db, st_model)
+    version, (ids, old) = table.version, _by_id(table, "vector")
+    writes = REEMBED_ROWS // 100 + 4  # checkpoint writes of one run: 20 chunks, then 4 written fragments
+    rng = random.Random(REEMBED_SEED)
+    kills = [(at, rng.choice(["before", "torn", "after"])) for at in sorted(rng.sample(range(1, writes + 1), 3))]
+    print(f"seed {REEMBED_SEED}: SIGKILL at checkpoint writes (of {writes}) {kills}")
+    for at, stage in kills:
+        done = len([p for p in checkpoint.glob("*") if p.suffix in (".arrow", ".json")])
+        proc = subprocess.run([sys.executable, "-c", KILLED_REEMBED, str(db), str(sharp_st_model), str(checkpoint),
+                               str(at - done), stage], capture_output=True, text=True, timeout=240)
+        assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+        reopened = lancedb.connect(db).open_table("docs")  # the old column intact until the switch
+        assert reopened.version == version and reopened.schema.names == ["id", "text", "vector"]
+        assert np.array_equal(_by_id(reopened, "vector")[1], old)
+    kept_rows = sum(pa.ipc.open_file(p).read_all().num_rows for p in checkpoint.glob("chunk-*.arrow"))
+    embedded = []
+    original = lancedb_baai.BAAIEmbeddings.generate_embeddings
+    monkeypatch.setattr(lancedb_baai.BAAIEmbeddings, "generate_embeddings",
+                        lambda self, t, *a, **k: embedded.append(len(t)) or original(self, t, *a, **k))
+    new_fn = lancedb_baai.BAAIEmbeddings(name=str(sharp_st_model), dtype="float32")
+    result = lancedb_baai.reembed(lancedb.connect(db).open_table("docs"), new_fn, batch_size=100,
+                                  checkpoint=checkpoint)
+    assert sum(embedded) == REEMBED_ROWS - kept_rows  # what the killed runs kept is not embedded again
+    assert result["version_after"] == version + 1
+    final = lancedb.connect(db).open_table("docs")
+    new_ids, new = _by_id(final, "vector")
+    assert new_ids == ids == list(range(REEMBED_ROWS))  # every row once
+    monkeypatch.undo()
+    texts = final.to_arrow().sort_by("id")["text"].to_pylist()
+    assert np.abs(new - np.array(new_fn.generate_embeddings(texts), dtype=np.float32)).max() <= 1e-5
+    assert np.array_equal(_by_id(final, result["kept_column"])[1], old)

@@ -25,6 +25,7 @@ psutil = pytest.importorskip("psutil")
 from lancedb_baai import BAAIEmbeddings, BAAIRerankFunction  # noqa: E402
 
 from _serve import Server  # noqa: E402
+from _tables import keyed_table  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -38,13 +39,21 @@ PASSAGES = ["lists are mutable sequences", "tuples are immutable", "the for stat
 
 
 @pytest.fixture(scope="module")
-def ops(tmp_path_factory, sharp_st_model, sharp_cross_encoder):
+def ops(tmp_path_factory, sharp_st_model, sharp_cross_encoder, zh_model):
     tmp = tmp_path_factory.mktemp("ops")
+    tables = [f"{tmp / 'db'}:{name}" for name in _tables_made_by(tmp / "db", {"docs": sharp_st_model, "other": zh_model})]
     srv = Server(["--embed", sharp_st_model, "--embed", f"{ALIAS}={sharp_st_model}", "--rerank", sharp_cross_encoder, "--dtype", "float32",
                   "--state-dir", tmp / "state", "--api-key", KEY, "--memory-budget", f"{BUDGET_MIB}MiB",
-                  "--log-format", "json"], tmp / "server.log").start()
+                  "--log-format", "json", *(a for t in tables for a in ("--table", t))], tmp / "server.log").start()
     yield srv
     srv.stop()
+
+
+def _tables_made_by(db, models: dict) -> list[str]:
+    """One LanceDB table per name, its vectors made by that model here: what ``--table`` points the server at."""
+    for name, model in models.items():
+        keyed_table(db, model, TEXTS, name=name)
+    return list(models)
 
 
 def state(server) -> str:
@@ -88,6 +97,9 @@ def test_beyond_loopback_needs_api_keys_and_sizes_parse():
     assert parse_size("512MB") == 512 * 10**6 and parse_size(1024) == 1024
     with pytest.raises(ValueError, match="6GiB, 512MiB"):
         ServeConfig(models=models, memory_budget="lots")
+    with pytest.raises(ValueError, match="not URI:NAME"):
+        ServeConfig(models=models, tables=["docs"])
+    assert ServeConfig(models=models, tables=["s3://bucket/db:docs"]).tables == ["s3://bucket/db:docs"]
 
 
 # ------------------------------------------------------------------ API keys
@@ -325,10 +337,14 @@ def test_two_concurrent_swaps_one_wins_one_gets_409(ops, sharp_st_model, minilm)
     assert "since" in busy["message"] and busy["running"]["since"]
     assert served(ops)[str(sharp_st_model)] == (str(minilm), 1)
     assert json.loads(state(ops))["models"][str(sharp_st_model)]["served"] == str(minilm)
+    swapped = next(a for a in answers if a.status_code == 200).json()["affected_tables"]
+    assert [(t["table"].rsplit(":", 1)[1], t["column"]) for t in swapped] == [("docs", "vector")]  # not "other"
+    assert {"weights", "dims"} <= set(swapped[0]["differences"])
     response = ops.post("/v1/embeddings", {"model": str(sharp_st_model), "input": ["x"]}, headers=AUTH)
     assert response.headers["x-model-version"] == f"{minilm}@1" and len(response.json()["data"][0]["embedding"]) == 384
     back = ops.post("/admin/rollback", {"model": str(sharp_st_model)}, headers=ops.admin())
     assert back.status_code == 200 and served(ops)[str(sharp_st_model)] == (str(sharp_st_model), 2), back.text
+    assert back.json()["affected_tables"] == []  # docs is served by its own model again
     series["after_rollback"] = rss(ops)
     assert not any(e["model"] == str(minilm) for e in ops.engines()["memory"]["engines"])  # released
     print("RSS MiB swap/rollback:", {k: round(v / 2**20, 1) for k, v in series.items()})

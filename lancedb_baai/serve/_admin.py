@@ -6,6 +6,7 @@ behind it. A candidate engine is checked (readable directory, memory budget) and
 warm while the served models keep answering; only then is the state file written, under
 its lock, and the change installed here. The other workers apply the file as they do a
 swap. Anything that fails before the write changes nothing: not what is served, not the file.
+A swap or rollback of an embedder answers with the tables it affects (``--table``, :mod:`._tables`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any
 from .. import _cache, _hub
 from ._service import HISTORY_DEPTH, Current, ServedModel, ServeError, Service
 from ._settings import ModelOptions
+from . import _tables
 from ._state import Busy
 from ._weights import bytes_on_disk, engine_bytes, rss
 
@@ -161,6 +163,7 @@ class Admin:
                 entry: Callable[[dict[str, Any]], dict[str, Any]]) -> dict[str, Any]:
         """Record the change (the next generation), then serve ``candidate`` here."""
         service = self.service
+        affected = self._affected_tables(model, candidate)  # before the locks: it opens tables
         with service.lock, service.store.locked():
             state = service.store.read()
             state["models"][model.id] = entry(state)
@@ -174,8 +177,16 @@ class Admin:
             service.release_unused(written)
             service.store.changed()  # this process has applied its own write
             service._acknowledge()
-        return {**model.record(), "previous": previous,
-                "generation": service.generation, "rss_bytes": rss()}
+        record = {**model.record(), "previous": previous, "generation": service.generation, "rss_bytes": rss()}
+        if affected is not None:
+            record["affected_tables"] = affected
+        return record
+
+    def _affected_tables(self, model: ServedModel, candidate: Current) -> list[dict[str, Any]] | None:
+        """For an embedder served until now: the ``--table`` columns its vectors fill that ``candidate``'s would not."""
+        if model.current is None or model.kind != "embed":
+            return None
+        return _tables.affected(self.config.tables, model.current.engine, candidate.engine)
 
     # ------------------------------------------------------------------ memory
 

@@ -86,6 +86,9 @@ class ServeConfig(BaseModel):
         beyond it is refused (409). Given as a number or a size such as ``"6GiB"``.
     log_format : {"text", "json"}
         The server's log lines, access log included: ``key=value`` text or one JSON object per line.
+    tables : list of str
+        LanceDB tables as ``URI:NAME``; a swap or rollback of an embedder answers with those
+        whose vectors the old model made and the new one would not (``affected_tables``).
     """
 
     models: list[ModelOptions]
@@ -107,6 +110,7 @@ class ServeConfig(BaseModel):
     api_keys: list[str] = Field(default_factory=list)
     allow_no_api_key: bool = False
     memory_budget: int | None = Field(default=None, gt=0)
+    tables: list[str] = Field(default_factory=list)
     load_defaults: dict[str, object] = Field(default_factory=dict)
     """Engine options (device, dtype, max_length, batch_size) of ``/admin/load`` when it sends none."""
 
@@ -114,6 +118,15 @@ class ServeConfig(BaseModel):
     @classmethod
     def _size(cls, value: object) -> object:
         return parse_size(value) if isinstance(value, str) else value
+
+    @field_validator("tables")
+    @classmethod
+    def _tables(cls, value: list[str]) -> list[str]:
+        from ._tables import parse
+
+        for spec in value:
+            parse(spec)
+        return value
 
     @field_validator("api_keys")
     @classmethod

@@ -1,0 +1,23 @@
+"""LanceDB tables for the tests: an ``id`` key and a text column, vectors made by ``local-baai`` on a model."""
+
+from __future__ import annotations
+
+import lancedb
+from lancedb.embeddings import get_registry
+from lancedb.pydantic import LanceModel, Vector
+
+
+def keyed_table(db, model, texts: list[str], name: str = "docs", parts: int = 1):
+    """Table ``name`` in ``db``: row ``i`` is ``texts[i]``, added in ``parts`` writes (so as many fragments)."""
+    fn = get_registry().get("local-baai").create(name=str(model), dtype="float32")
+
+    class Doc(LanceModel):
+        id: int
+        text: str = fn.SourceField()
+        vector: Vector(fn.ndims()) = fn.VectorField()
+
+    table = lancedb.connect(db).create_table(name, schema=Doc)
+    step = -(-len(texts) // parts)
+    for start in range(0, len(texts), step):
+        table.add([{"id": i, "text": texts[i]} for i in range(start, min(start + step, len(texts)))])
+    return table
