@@ -162,7 +162,7 @@ def test_fingerprint_quick(tmp_path):
 def test_reembed_quick(tmp_path):
     data, stdout = run_script("reembed", tmp_path / "reembed.json")
     check_machine(data["machine"])
-    assert data["rows"] == 200 and "x vs add" in stdout
+    assert data["rows"] == 64 and "x vs add" in stdout
     methods = [row["method"] for row in data["results"]]
     assert methods[:3] == ["table.add", "reembed (attach)", "reembed (switch)"] and len(methods) == 5
     assert all(row["best_s"] > 0 and row["vs_add"] > 0 for row in data["results"])

@@ -427,7 +427,8 @@ def test_restart_serves_what_load_and_unload_left(ops, sharp_st_model, sharp_cro
     expected = served(ops)
     assert set(expected) == {str(sharp_st_model), ALIAS, "extra"}
     ops.stop()
-    args = [*ops.args[:-1], "text"]  # the same server with the text log format
+    at = ops.args.index("--log-format") + 1
+    args = [*ops.args[:at], "text", *ops.args[at + 1:]]  # the same server with the text log format
     again = Server(args, ops.log_path.with_name("restarted.log")).start()
     try:
         assert served(again) == expected
