@@ -1,10 +1,22 @@
-"""LanceDB tables for the tests: an ``id`` key and a text column, vectors made by ``local-baai`` on a model."""
+"""LanceDB tables for the tests: a text column (and an ``id`` key), vectors made by ``local-baai``."""
 
 from __future__ import annotations
 
 import lancedb
 from lancedb.embeddings import get_registry
 from lancedb.pydantic import LanceModel, Vector
+
+
+def text_table(db, fn, rows: list[dict], name: str = "docs"):
+    """Table ``name`` in ``db`` whose ``vector`` column ``fn`` fills from ``text``, with ``rows`` added."""
+
+    class Doc(LanceModel):
+        text: str = fn.SourceField()
+        vector: Vector(fn.ndims()) = fn.VectorField()
+
+    table = lancedb.connect(db).create_table(name, schema=Doc)
+    table.add(rows)
+    return table
 
 
 def keyed_table(db, model, texts: list[str], name: str = "docs", parts: int = 1):

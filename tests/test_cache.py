@@ -14,12 +14,12 @@ import lancedb
 import numpy as np
 import pytest
 from lancedb.embeddings import get_registry
-from lancedb.pydantic import LanceModel, Vector
 
 import lancedb_baai
 from lancedb_baai._cache import EngineCache, EngineKey
 
 import _workers
+from _tables import text_table
 
 CHILD_TIMEOUT = 180
 
@@ -45,13 +45,7 @@ class Loads:
 
 
 def make_table(db_path, fn, rows=("the python function", "a list of int", "import the module")):
-    class Doc(LanceModel):
-        text: str = fn.SourceField()
-        vector: Vector(fn.ndims()) = fn.VectorField()
-
-    table = lancedb.connect(db_path).create_table("docs", schema=Doc)
-    table.add([{"text": text} for text in rows])
-    return table
+    return text_table(db_path, fn, [{"text": text} for text in rows])
 
 
 def run_python(code: str) -> str:

@@ -15,6 +15,8 @@ import lancedb_baai
 from lancedb_baai import EmbeddingDriftError, testing
 from lancedb_baai._config import METADATA_KEY
 
+from _tables import text_table
+
 # LanceDB embeds rows inside its (Rust) write stream, which reports a Python error as a RuntimeError with its text.
 ADD_ERRORS = (EmbeddingDriftError, RuntimeError)
 ROWS = [{"text": "a lambda is an anonymous function"}, {"text": "lists are mutable sequences"}]
@@ -22,14 +24,7 @@ ROWS = [{"text": "a lambda is an anonymous function"}, {"text": "lists are mutab
 
 def make_table(db_path, model_path, **options):
     fn = get_registry().get("local-baai").create(name=str(model_path), dtype="float32", **options)
-
-    class Doc(LanceModel):
-        text: str = fn.SourceField()
-        vector: Vector(fn.ndims()) = fn.VectorField()
-
-    table = lancedb.connect(db_path).create_table("docs", schema=Doc)
-    table.add(ROWS)
-    return table
+    return text_table(db_path, fn, ROWS)
 
 
 def reopen(db_path):

@@ -20,7 +20,7 @@ import lancedb_baai
 from lancedb_baai import _switch, testing
 from lancedb_baai.reembed import drop_kept
 
-from _tables import keyed_table
+from _tables import keyed_table, text_table
 
 TEXTS = [f"paragraph {i}: {w} functions return values" for i, w in enumerate(
     ["lambda", "generator", "list", "dict", "class", "module", "async", "yield", "import", "tuple"] * 6)]
@@ -28,14 +28,7 @@ TEXTS = [f"paragraph {i}: {w} functions return values" for i, w in enumerate(
 
 def make_table(db_path, model_path):
     fn = get_registry().get("local-baai").create(name=str(model_path), dtype="float32")
-
-    class Doc(LanceModel):
-        text: str = fn.SourceField()
-        vector: Vector(fn.ndims()) = fn.VectorField()
-
-    table = lancedb.connect(db_path).create_table("docs", schema=Doc)
-    table.add([{"text": t} for t in TEXTS])
-    return table
+    return text_table(db_path, fn, [{"text": t} for t in TEXTS])
 
 
 def vectors(table, column):
