@@ -1,7 +1,7 @@
 """The per-process engine cache: one load per key, counted, thread-safe and fork-aware.
 
 Function objects are configuration only; they find their engine here by key. A key is
-(kind, model, revision, device, dtype, max_length) and nothing else, so objects that
+(kind, model, revision, device, dtype, max_length, backend) and nothing else, so objects that
 differ in normalize, instruction or batch size share one engine.
 """
 
@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ._backends import reason
 from ._device import dtype_reason
 
 logger = logging.getLogger(__name__)
@@ -32,6 +33,7 @@ class EngineKey:
     device: str
     dtype: str
     max_length: int | None
+    backend: str = "torch"
 
 
 @dataclass
@@ -157,9 +159,12 @@ class EngineCache:
 
     def _record(self, slot: _Slot) -> dict[str, Any]:
         key = slot.key
+        fidelity = getattr(slot.engine, "fidelity", None)
+        why = dtype_reason(key.dtype, key.device) if key.backend == "torch" else reason(key) or "asked for"
         return {
             "model": key.model, "served": slot.served or key.model, "kind": key.kind,
-            "device": key.device, "dtype": key.dtype, "dtype_reason": dtype_reason(key.dtype, key.device),
+            "backend": key.backend, "backend_reason": reason(key) or "asked for", "fidelity": fidelity,
+            "device": key.device, "dtype": key.dtype, "dtype_reason": why,
             "max_length": key.max_length,
             "revision": key.revision, "loads": slot.loads, "calls": slot.calls,
             "version": slot.version, "loaded": slot.engine is not None, "rollback_depth": len(slot.history),

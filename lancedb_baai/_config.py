@@ -8,9 +8,10 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, BeforeValidator, Field, ValidationInfo, field_validator, model_validator
 
-from . import _fingerprint, _hub
+from . import _fidelity, _fingerprint, _hub
+from ._backends import Choice, check_backend, check_precision, choose
 from ._cache import CACHE, EngineKey
-from ._device import check_device, check_dtype, resolve_device, resolve_dtype
+from ._device import check_device, check_dtype, dtype_decision
 
 logger = logging.getLogger(__name__)
 
@@ -44,11 +45,16 @@ class EngineOptions(BaseModel):
     dtype: str = "auto"
     batch_size: int = Field(default=32, gt=0)
     max_length: int | None = Field(default=None, gt=0)
+    backend: str = "auto"
+    precision: str | None = None
+    min_fidelity: float | None = Field(default=None, ge=0, le=1)
 
-    @field_validator("device", "dtype")
+    @field_validator("device", "dtype", "backend", "precision")
     @classmethod
     def _supported(cls, value: str, info: ValidationInfo) -> str:
-        return {"device": check_device, "dtype": check_dtype}[info.field_name](value)
+        checks = {"device": check_device, "dtype": check_dtype, "backend": check_backend,
+                  "precision": check_precision}
+        return checks[info.field_name](value)
 
     @field_validator("name")
     @classmethod
@@ -113,18 +119,35 @@ class EngineConfig(EngineOptions):
         return self
 
     def engine_key(self) -> EngineKey:
-        """The cache key of this configuration's engine (resolves "auto" device and dtype)."""
-        device = resolve_device(self.device)
-        return EngineKey(self._engine_kind(), _hub.model_id(self.name), self.revision, device,
-                         resolve_dtype(self.dtype, device), self.max_length)
+        """The cache key of this configuration's engine (resolves "auto" backend, device and dtype)."""
+        choice = self.backend_choice()
+        return EngineKey(self._engine_kind(), _hub.model_id(self.name), self.revision, choice.device,
+                         choice.dtype, self.max_length, choice.backend)
+
+    def backend_choice(self) -> Choice:
+        """Which backend, device and dtype run this configuration here, and why (memoised per process).
+
+        "auto" may export and gate the model on its first use on a host (see :mod:`._backends`).
+        """
+        return choose(self._engine_kind(), _hub.model_id(self.name), self.revision, self.backend,
+                      self.precision, self.dtype, self.device, self.trust_remote_code, self.min_fidelity)
 
     def _engine_kind(self) -> str:
         """The kind of engine that serves this configuration; a subclass may decide by the model."""
         return self.engine_kind
 
     def engine(self) -> Any:
-        """This configuration's engine from the per-process cache, loaded on first use."""
-        return CACHE.get(self.engine_key(), self._load)
+        """This configuration's engine from the per-process cache, loaded on first use.
+
+        An ONNX Runtime / OpenVINO engine loaded by a laxer configuration is refused here
+        if its fidelity figures fall below this one's threshold.
+        """
+        engine = CACHE.get(self.engine_key(), self._load)
+        figures = getattr(engine, "fidelity", None)
+        if figures is not None:
+            _fidelity.enforce(f"{self.name} on {engine.key.backend} {engine.key.dtype}", figures,
+                              engine.key.dtype, self.min_fidelity)
+        return engine
 
     def fingerprint(self) -> dict[str, Any] | None:
         """What identifies the vectors this function makes; None for functions that make none."""
@@ -133,7 +156,8 @@ class EngineConfig(EngineOptions):
     def _load(self, key: EngineKey) -> Any:
         from ._loading import load_engine
 
-        return load_engine(key, self.trust_remote_code, show_progress=self.show_progress is True)
+        return load_engine(key, self.trust_remote_code, show_progress=self.show_progress is True,
+                           min_fidelity=self.min_fidelity)
 
     def __repr_args__(self):
         """The configuration without LanceDB's ``max_retries``, which these functions never use."""
@@ -159,15 +183,19 @@ class EngineConfig(EngineOptions):
         return {k: "***" if k in SENSITIVE_FIELDS else v for k, v in self.model_dump(exclude_defaults=True).items()}
 
     def provenance(self) -> dict[str, Any]:
-        """Package version, and the device and dtype this process embeds with (and why)."""
-        from ._device import dtype_decision
+        """Package version, and the backend, device and dtype this process embeds with (and why)."""
         from ._version import __version__
 
         if self.url:  # the server decides; this process has no torch to ask
             return {"version": __version__, "served_by": self.url}
-        device = resolve_device(self.device)
-        dtype, why = dtype_decision(self.dtype, device)
-        provenance = {"version": __version__, "device": device, "dtype": dtype, "dtype_reason": why}
+        choice = self.backend_choice()
+        why = choice.reason
+        if choice.backend == "torch":
+            why = dtype_decision(self.dtype if self.precision is None else choice.dtype, choice.device)[1]
+        provenance = {"version": __version__, "backend": choice.backend, "device": choice.device,
+                      "dtype": choice.dtype, "dtype_reason": why}
+        if choice.fidelity is not None:
+            provenance["fidelity"] = choice.fidelity
         fingerprint = self.fingerprint()
         return provenance if fingerprint is None else {**provenance, "fingerprint": fingerprint}
 
@@ -225,11 +253,12 @@ class EmbedderConfig(EngineConfig):
         from ._version import __version__
 
         if engine is not None:
-            weights, dims, dtype = engine.weights, self._dims_of(engine), engine.key.dtype
+            weights, dims, dtype, backend = engine.weights, self._dims_of(engine), engine.key.dtype, engine.key.backend
         else:
             key = self.engine_key()
-            weights, dims, dtype = self._files_fingerprint(), self.ndims(), key.dtype
-        return {**weights, **self._semantics(), "dims": dims, "dtype": dtype, "version": __version__}
+            weights, dims, dtype, backend = self._files_fingerprint(), self.ndims(), key.dtype, key.backend
+        return {**weights, **self._semantics(), "dims": dims, "dtype": dtype, "backend": backend,
+                "version": __version__}
 
     def _files_fingerprint(self) -> dict[str, Any]:
         model = _hub.model_id(self.name)

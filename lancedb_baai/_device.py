@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import functools
+import glob
 import os
+import sys
 from dataclasses import dataclass
 from typing import Literal
 
@@ -30,9 +32,15 @@ def check_dtype(dtype: str) -> str:
 
 
 def resolve_device(device: str) -> str:
-    """Turn "auto" into cuda, then mps, then cpu, whichever this host has."""
+    """Turn "auto" into cuda, then mps, then cpu, whichever this host has.
+
+    A Linux host with no GPU device nodes is answered without importing torch, so a
+    process serving an ONNX Runtime or OpenVINO export never loads it.
+    """
     if device != "auto":
         return device
+    if "torch" not in sys.modules and not _gpu_nodes():
+        return "cpu"
     import torch
 
     if torch.cuda.is_available():
@@ -40,6 +48,13 @@ def resolve_device(device: str) -> str:
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         return "mps"
     return "cpu"
+
+
+def _gpu_nodes() -> bool:
+    """Whether a CUDA or ROCm device could be present (anything but Linux counts as maybe)."""
+    if not sys.platform.startswith("linux"):
+        return True
+    return bool(glob.glob("/dev/nvidia[0-9]*")) or os.path.exists("/dev/kfd")
 
 
 DTYPE_ENV = "LANCEDB_BAAI_DTYPE"
@@ -135,10 +150,15 @@ def _onednn_bf16() -> bool:
     return bool(check()) if check is not None else True
 
 
+def native_bf16_flags() -> tuple[str, ...]:
+    """The native bf16 instruction sets this CPU reports (empty: none)."""
+    return tuple(f for f in _BF16_FLAGS if f in _cpu_flags())
+
+
 @functools.cache
 def cpu_bf16_report() -> Bf16Report:
     """Native bf16 from the CPU flags, confirmed by torch's backend: no timing, one answer per host."""
-    flags = tuple(f for f in _BF16_FLAGS if f in _cpu_flags())
+    flags = native_bf16_flags()
     return Bf16Report(flags, _onednn_bf16() if flags else None)
 
 

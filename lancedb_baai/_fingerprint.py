@@ -65,12 +65,17 @@ def _safetensors_header(file: Path, size: int) -> int:
     return 8 + length if length <= size - 8 else 0
 
 
-def file_digest(file: Path) -> str:
-    """sha256 of a small file whole, or of a weight file's header, ends and spread samples."""
+def file_digest(file: Path, sampled: bool | None = None) -> str:
+    """sha256 of a small file whole, or of a weight file's header, ends and spread samples.
+
+    ``sampled`` says which; None decides by the file's suffix (weight files are sampled).
+    """
     size = file.stat().st_size
     digest = hashlib.sha256(str(size).encode())
+    if sampled is None:
+        sampled = file.name.endswith(_WEIGHT_SUFFIXES)
     with file.open("rb") as stream:
-        if not file.name.endswith(_WEIGHT_SUFFIXES):
+        if not sampled:
             for block in iter(lambda: stream.read(_MIB), b""):
                 digest.update(block)
             return digest.hexdigest()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -137,13 +138,22 @@ def resolve(name: str, revision: str | None = None) -> Path:
     cached = _cached_snapshot(name, revision)
     if cached is not None:
         return cached
-    from filelock import FileLock
-
-    with FileLock(str(_lock_path(name, revision))):
+    with model_lock(name, revision):
         cached = _cached_snapshot(name, revision)
         if cached is not None:
             return cached
         return _download(name, revision)
+
+
+@functools.lru_cache(maxsize=None)
+def model_lock(name: str, revision: str | None = None) -> Any:
+    """The inter-process lock of one model: its download, and the export of it (see :mod:`._export`).
+
+    One lock object per model in a process, so a thread holding it may take it again.
+    """
+    from filelock import FileLock
+
+    return FileLock(str(_lock_path(name, revision)))
 
 
 def hub_cache_dir() -> Path:

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from . import _fingerprint, _hub, _trust
+from . import _export, _fidelity, _fingerprint, _hub, _trust
 from ._device import torch_dtype
 from ._engine import BAAIEmbeddingEngine, BAAIRerankEngine, _TorchEngine, native_max_length
 from ._m3_engine import load_m3_engine
@@ -26,11 +27,21 @@ logger = logging.getLogger(__name__)
 
 Loader = Callable[["EngineKey", Path, bool], _TorchEngine]
 
-def load_engine(key: EngineKey, trust_remote_code: bool = False, show_progress: bool = False) -> _TorchEngine:
+def load_engine(key: EngineKey, trust_remote_code: bool = False, show_progress: bool = False,
+                min_fidelity: float | None = None) -> Any:
     """Build the engine ``key`` names: resolve files, load weights, move to device and dtype.
 
+    ONNX Runtime and OpenVINO keys open the model's export (made first if this machine has
+    none) and pass the fidelity gate (``min_fidelity``, else the precision's default).
     One INFO log line per load; third-party progress bars only with ``show_progress``.
     """
+    if key.backend != "torch":
+        return load_exported(key, trust_remote_code, min_fidelity)
+    return load_torch(key, trust_remote_code, show_progress)
+
+
+def load_torch(key: EngineKey, trust_remote_code: bool = False, show_progress: bool = False) -> _TorchEngine:
+    """The torch engine of ``key``."""
     if trust_remote_code and not _trust.remote_code_allowed(key.model):
         raise PermissionError(
             f"model {key.model!r} asks for trust_remote_code=True (its configuration, possibly "
@@ -48,6 +59,65 @@ def load_engine(key: EngineKey, trust_remote_code: bool = False, show_progress: 
     logger.info("loaded %s model %s on %s as %s in %.2fs", key.kind, key.model, key.device,
                 key.dtype, time.perf_counter() - start)
     return engine
+
+
+def load_exported(key: EngineKey, trust_remote_code: bool = False, min_fidelity: float | None = None) -> Any:
+    """The ONNX Runtime / OpenVINO engine of ``key``: export once per machine, open torch-free, gate.
+
+    torch is imported only when this machine has no export of the model yet, or no
+    fidelity figures for it in this precision; both are then kept on disk for the next process.
+    """
+    start = time.perf_counter()
+    engine = gated_engine(key, trust_remote_code)
+    _fidelity.enforce(f"{key.model} on {key.backend} {key.dtype}", engine.fidelity, key.dtype, min_fidelity)
+    logger.info("loaded %s model %s on %s %s in %.2fs (%s)", key.kind, key.model, key.backend, key.dtype,
+                time.perf_counter() - start, _fidelity.describe(engine.fidelity))
+    return engine
+
+
+def gated_engine(key: EngineKey, trust_remote_code: bool = False) -> Any:
+    """The exported engine of ``key`` with its fidelity figures, whatever they are (no verdict)."""
+    from ._runtime import open_export
+
+    if trust_remote_code:
+        raise ValueError(f"backend={key.backend!r} cannot export a model that runs its own code "
+                         "(trust_remote_code=True): use backend='torch' for it")
+    path = _hub.resolve(key.model, key.revision)
+    weights = {"model": key.model, **_fingerprint.weights(path)}
+    reference = _Reference(key, trust_remote_code)
+    directory = _export.ensure(key, weights, _hub.model_lock(key.model, key.revision), reference.engine)
+    engine = open_export(key, directory, key.max_length)
+    engine.weights = weights
+    engine.fidelity = gate(key, engine, directory, reference)
+    return engine
+
+
+def gate(key: EngineKey, engine: Any, directory: Path, reference: _Reference) -> dict:
+    """The fidelity figures of ``engine`` on this host: recorded ones, else measured now and recorded."""
+    figures = _fidelity.recorded(directory, key.dtype)
+    if figures is not None:
+        return figures
+    with _hub.model_lock(key.model, key.revision):
+        figures = _fidelity.recorded(directory, key.dtype)
+        if figures is None:
+            figures = {**_fidelity.measure(key.kind, reference.engine(), engine),
+                       "backend": key.backend, "precision": key.dtype, "reference": "torch float32 (cpu)"}
+            _fidelity.record(directory, key.dtype, figures)
+    return figures
+
+
+class _Reference:
+    """The float32 torch engine an export is traced from and measured against, loaded at most once."""
+
+    def __init__(self, key: EngineKey, trust_remote_code: bool) -> None:
+        self._key = replace(key, backend="torch", device="cpu", dtype="float32")
+        self._trust = trust_remote_code
+        self._engine: _TorchEngine | None = None
+
+    def engine(self) -> _TorchEngine:
+        if self._engine is None:
+            self._engine = load_torch(self._key, self._trust)
+        return self._engine
 
 
 @contextmanager

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import importlib
 import os
+import tempfile
 
 import numpy as np
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The suite runs torch unless a test asks for another backend (tests/test_backends.py tests "auto"),
+# and keeps exports in a directory of its own, shared by the processes it starts.
+os.environ.setdefault("LANCEDB_BAAI_BACKEND", "torch")
+os.environ.setdefault("LANCEDB_BAAI_CACHE", tempfile.mkdtemp(prefix="lancedb-baai-test-cache-"))
 
 from lancedb_baai import testing  # noqa: E402
 

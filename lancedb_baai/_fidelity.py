@@ -1,0 +1,190 @@
+"""The fidelity gate: how close an ONNX Runtime or OpenVINO engine comes to float32 torch, and the verdict.
+
+An exported or quantized graph is a different program from the torch model it came from.
+Before it serves, it is compared with float32 torch on a fixed calibration set, the same
+on every host: embedders by the mean overlap of each query's 10 nearest passages (what a
+search returns) and the lowest cosine between the two vectors of a text; rerankers by the
+Spearman correlation of their scores. The figures are recorded next to the export, per
+host, so the comparison runs once per machine, and every process reads the same verdict.
+
+The calibration texts come from ``pydoc_data.topics``, which ships with every Python, so
+no dataset has to be downloaded. int8 quantization calibrates on other paragraphs of the
+same corpus than the gate measures on.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+THRESHOLDS = {"float32": 0.999, "bfloat16": 0.99, "int8": 0.97}
+"""Lowest score (embedders: mean top-10 overlap; rerankers: Spearman) each precision must reach by default."""
+
+PASSAGES = 200
+QUERIES = 50
+PASSAGES_PER_QUERY = 8  # rerankers: (query, passage) pairs scored per query
+TOP_K = 10
+_RECORD = "fidelity.json"
+
+
+class FidelityError(RuntimeError):
+    """An engine that strays further from float32 torch than its precision allows."""
+
+    def __init__(self, what: str, figures: dict[str, Any], threshold: float) -> None:
+        self.figures, self.threshold = figures, threshold
+        super().__init__(
+            f"{what} fails the fidelity gate: {describe(figures)} against torch float32 on "
+            f"{figures['texts']} calibration texts, below the {threshold} it must reach. Use another "
+            "precision or backend (fp32 is exact), or accept these figures with min_fidelity=0 "
+            f"(or any value up to {figures['score']:.4f})."
+        )
+
+
+def describe(figures: dict[str, Any]) -> str:
+    """The figures in one phrase: ``top-10 overlap 0.984, min cosine 0.99991``."""
+    if figures["metric"] == "spearman":
+        return f"Spearman {figures['score']:.4f}, max score difference {figures['max_abs_diff']:.3g}"
+    return f"top-10 overlap {figures['score']:.3f}, min cosine {figures['min_cosine']:.5f}"
+
+
+def threshold(dtype: str, min_fidelity: float | None) -> float:
+    """The score an engine in ``dtype`` must reach: the asked one, else the precision's default."""
+    return THRESHOLDS[dtype] if min_fidelity is None else float(min_fidelity)
+
+
+def enforce(what: str, figures: dict[str, Any], dtype: str, min_fidelity: float | None) -> None:
+    """Raise :class:`FidelityError` when ``figures`` fall below the threshold for ``dtype``."""
+    needed = threshold(dtype, min_fidelity)
+    if figures["score"] < needed:
+        raise FidelityError(what, figures, needed)
+
+
+def passes(figures: dict[str, Any], dtype: str, min_fidelity: float | None) -> bool:
+    return figures["score"] >= threshold(dtype, min_fidelity)
+
+
+@functools.cache
+def _paragraphs() -> tuple[str, ...]:
+    """Paragraphs of the Python reference topics, in a fixed order, long enough to mean something."""
+    from pydoc_data.topics import topics
+
+    seen, out = set(), []
+    for name in sorted(topics):
+        for paragraph in topics[name].split("\n\n"):
+            text = " ".join(paragraph.split())
+            if 80 <= len(text) <= 1500 and text not in seen:
+                seen.add(text)
+                out.append(text)
+    return tuple(out)
+
+
+@functools.cache
+def _topic_names() -> tuple[str, ...]:
+    from pydoc_data.topics import topics
+
+    return tuple(sorted(topics))
+
+
+def gate_set() -> tuple[list[str], list[str]]:
+    """The passages and queries the gate measures on (every other paragraph, and questions on topics)."""
+    paragraphs = _paragraphs()
+    passages = list(paragraphs[0: 2 * PASSAGES: 2])
+    names = _topic_names()
+    step = max(1, len(names) // QUERIES)
+    queries = [f"How does {name.replace('-', ' ')} work in Python?" for name in names[::step][:QUERIES]]
+    return passages, queries
+
+
+def calibration_texts(count: int = 128) -> list[str]:
+    """Texts int8 quantization calibrates on: paragraphs the gate does not measure on."""
+    return list(_paragraphs()[1: 2 * count: 2])
+
+
+def measure(kind: str, reference: Any, candidate: Any) -> dict[str, Any]:
+    """Compare ``candidate`` with the float32 torch ``reference`` engine on the gate set."""
+    passages, queries = gate_set()
+    if kind == "rerank":
+        return _measure_scores(reference, candidate, passages, queries)
+    return _measure_vectors(reference, candidate, passages, queries)
+
+
+def _measure_vectors(reference: Any, candidate: Any, passages: list[str], queries: list[str]) -> dict[str, Any]:
+    texts = passages + queries
+    ours, theirs = candidate.encode(texts, normalize=True), reference.encode(texts, normalize=True)
+    cosine = np.sum(ours * theirs, axis=1)
+    split = len(passages)
+    overlap = [len(set(a) & set(b)) / TOP_K for a, b in zip(_top_k(ours, split), _top_k(theirs, split))]
+    return {"metric": "top10_overlap", "score": round(float(np.mean(overlap)), 6),
+            "min_cosine": round(float(cosine.min()), 6), "texts": len(texts)}
+
+
+def _top_k(vectors: np.ndarray, split: int) -> list[np.ndarray]:
+    """Indices of each query's TOP_K nearest passages (queries follow the passages in ``vectors``)."""
+    scores = vectors[split:] @ vectors[:split].T
+    return list(np.argsort(-scores, axis=1, kind="stable")[:, :TOP_K])
+
+
+def _measure_scores(reference: Any, candidate: Any, passages: list[str], queries: list[str]) -> dict[str, Any]:
+    ours, theirs = [], []
+    for i, query in enumerate(queries):
+        chosen = [passages[(i * PASSAGES_PER_QUERY + j) % len(passages)] for j in range(PASSAGES_PER_QUERY)]
+        ours.append(candidate.score(query, chosen))
+        theirs.append(reference.score(query, chosen))
+    a, b = np.concatenate(ours), np.concatenate(theirs)
+    return {"metric": "spearman", "score": round(spearman(a, b), 6),
+            "max_abs_diff": round(float(np.abs(a - b).max()), 6), "texts": int(a.size)}
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman rank correlation of two score arrays (ties ranked by position; scores are continuous)."""
+    ranks_a = np.argsort(np.argsort(a, kind="stable"), kind="stable").astype(np.float64)
+    ranks_b = np.argsort(np.argsort(b, kind="stable"), kind="stable").astype(np.float64)
+    if ranks_a.std() == 0 or ranks_b.std() == 0:
+        return 1.0 if np.array_equal(ranks_a, ranks_b) else 0.0
+    return float(np.corrcoef(ranks_a, ranks_b)[0, 1])
+
+
+@functools.cache
+def host_id() -> str:
+    """What decides a graph's numbers on this machine: CPU model and instruction sets, OS, architecture."""
+    model, flags = "", ""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name") and not model:
+                    model = line.split(":", 1)[1].strip()
+                elif line.startswith("flags") and not flags:
+                    flags = " ".join(sorted(line.split(":", 1)[1].split()))
+    except OSError:
+        pass
+    token = f"{platform.system()}|{platform.machine()}|{model or platform.processor()}|{flags}"
+    return hashlib.sha256(token.encode()).hexdigest()[:12]
+
+
+def recorded(export_dir: Path, dtype: str) -> dict[str, Any] | None:
+    """The figures measured for the export in ``export_dir`` in ``dtype`` on this host, if any."""
+    return _read(export_dir).get(f"{host_id()}/{dtype}")
+
+
+def record(export_dir: Path, dtype: str, figures: dict[str, Any]) -> None:
+    """Keep ``figures`` next to the export (atomic write; other hosts' figures are kept)."""
+    records = _read(export_dir)
+    records[f"{host_id()}/{dtype}"] = figures
+    temporary = export_dir / f".{_RECORD}.{os.getpid()}"
+    temporary.write_text(json.dumps(records, indent=2, sort_keys=True), encoding="utf-8")
+    os.replace(temporary, export_dir / _RECORD)
+
+
+def _read(export_dir: Path) -> dict[str, Any]:
+    try:
+        records = json.loads((export_dir / _RECORD).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return records if isinstance(records, dict) else {}
