@@ -27,6 +27,10 @@ from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("LANCEDB_LOG", "error")  # no "creating dataset" warnings between table rows
+import warnings  # noqa: E402
+
+# exporters fork helper processes while lancedb is loaded: lancedb warns, the exports are unaffected
+warnings.filterwarnings("ignore", message="lancedb fork support is experimental")
 
 import lancedb_baai  # noqa: E402, F401  (registers local-baai and local-baai-rerank)
 
@@ -387,3 +391,131 @@ def run_main(main: Callable[[], int | None]) -> None:
     with quiet_loading():
         status = main()
     sys.exit(status or 0)
+
+
+# ---------------------------------------------------------------- backends, exports and load
+
+
+@dataclass(frozen=True)
+class Contender:
+    """One way of running a model: LanceDB's built-in function (``options`` None) or local-baai with options."""
+
+    key: str
+    label: str
+    options: dict[str, Any] | None
+    note: str = ""
+
+
+BUILTIN_KEY = "builtin"
+REFERENCE_KEY = "torch-fp32"
+CONTENDERS: tuple[Contender, ...] = (
+    Contender(BUILTIN_KEY, "lancedb built-in", None, "the 1.0 baseline"),
+    Contender("torch", "local-baai torch (dtype auto)", {"backend": "torch"}, "the previous default"),
+    Contender(REFERENCE_KEY, "local-baai torch float32", {"backend": "torch", "dtype": "float32"},
+              "the fidelity reference"),
+    Contender("auto", "local-baai auto", {}, "the new default"),
+    Contender("onnx-fp32", "local-baai onnx fp32", {"backend": "onnx", "precision": "fp32"}),
+    Contender("openvino-fp32", "local-baai openvino fp32", {"backend": "openvino", "precision": "fp32"}),
+    Contender("openvino-int8", "local-baai openvino int8", {"backend": "openvino", "precision": "int8", "min_fidelity": 0},
+              "min_fidelity=0: runs whatever its gate says"),
+    Contender("onnx-int8", "local-baai onnx int8", {"backend": "onnx", "precision": "int8", "min_fidelity": 0},
+              "min_fidelity=0: runs whatever its gate says"),
+    Contender("openvino-bf16", "local-baai openvino bf16", {"backend": "openvino", "precision": "bf16"},
+              "only where the CPU has native bf16"),
+)
+QUICK_CONTENDERS = (BUILTIN_KEY, REFERENCE_KEY, "auto", "onnx-fp32", "openvino-int8")  # auto: openvino here
+
+
+def runs_torch_free(contender: Contender) -> bool:
+    """Whether ``contender`` may serve without torch (an export, or "auto", which may pick one)."""
+    return contender.options is not None and contender.options.get("backend", "auto") != "torch"
+
+
+def contender_option(parser: argparse.ArgumentParser) -> None:
+    """``--contenders`` (which rows to run) and ``--busy`` (background load)."""
+    keys = ", ".join(c.key for c in CONTENDERS)
+    parser.add_argument("--contenders", default=None,
+                        help=f"comma-separated subset of: {keys}; or 'all' (default all; quick: "
+                             f"{','.join(QUICK_CONTENDERS)}). The built-in and torch-fp32 always run.")
+    parser.add_argument("--busy", type=int, default=0, metavar="N",
+                        help="run N busy-loop processes during the timed parts (a loaded host)")
+
+
+def pick_contenders(spec: str | None, quick: bool) -> tuple[list[Contender], list[dict[str, Any]]]:
+    """The contenders to run and the ones skipped here (with why): bf16 needs native bf16 in OpenVINO."""
+    from lancedb_baai import _backends
+
+    if spec in (None, ""):
+        wanted = set(QUICK_CONTENDERS if quick else (c.key for c in CONTENDERS))
+    elif spec == "all":
+        wanted = {c.key for c in CONTENDERS}
+    else:
+        wanted = {key.strip() for key in spec.split(",") if key.strip()}
+        unknown = wanted - {c.key for c in CONTENDERS}
+        if unknown:
+            raise SystemExit(f"unknown contenders {sorted(unknown)}; choose from {[c.key for c in CONTENDERS]}")
+    wanted |= {BUILTIN_KEY, REFERENCE_KEY}
+    run, skipped = [], []
+    for contender in CONTENDERS:
+        if contender.key not in wanted:
+            continue
+        backend = (contender.options or {}).get("backend")
+        why = None
+        if backend in _backends.RUNTIMES and not _backends.installed(backend):
+            why = f"{_backends.RUNTIMES[backend]} is not installed ({_backends.extra(backend)})"
+        elif contender.options and contender.options.get("precision") == "bf16" and not _backends.openvino_bf16():
+            from lancedb_baai._device import cpu_bf16_report
+
+            why = f"no native bf16 in OpenVINO on this CPU ({cpu_bf16_report().reason()})"
+        if why:
+            skipped.append({"key": contender.key, "method": contender.label, "skipped": why})
+        else:
+            run.append(contender)
+    return run, skipped
+
+
+def backend_environment() -> dict[str, Any]:
+    """Make "auto" mean auto, and keep exports in a temporary cache unless one is configured.
+
+    ``LANCEDB_BAAI_BACKEND`` (which the test suite sets to torch) would turn "auto" into
+    that backend, so it is removed. Exports go to ``$LANCEDB_BAAI_CACHE`` when it is set
+    (they are reused across runs), else to a new temporary folder (made again every run).
+    """
+    import tempfile
+
+    removed = os.environ.pop("LANCEDB_BAAI_BACKEND", None)
+    configured = os.environ.get("LANCEDB_BAAI_CACHE")
+    if not configured:
+        os.environ["LANCEDB_BAAI_CACHE"] = tempfile.mkdtemp(prefix="bench-lancedb-baai-cache-")
+    info = {"LANCEDB_BAAI_BACKEND_removed": removed, "LANCEDB_BAAI_CACHE": os.environ["LANCEDB_BAAI_CACHE"],
+            "cache_is_temporary": not configured}
+    where = "a temporary folder" if not configured else "$LANCEDB_BAAI_CACHE"
+    print(f"exports in {where}: {info['LANCEDB_BAAI_CACHE']} (a new export of a MiniLM costs ~10-50 s per "
+          "backend and precision, outside the timed rounds; set LANCEDB_BAAI_CACHE to reuse them)", flush=True)
+    return info
+
+
+def package_loads() -> int:
+    """Model loads counted by local-baai's engine cache in this process."""
+    import lancedb_baai
+
+    return lancedb_baai.load_count()
+
+
+@contextlib.contextmanager
+def busy(processes: int) -> Iterator[None]:
+    """Run ``processes`` busy-loop processes (a core each, pure Python) for the duration of the block."""
+    if processes <= 0:
+        yield
+        return
+    import subprocess
+
+    workers = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(processes)]
+    print(f"  {processes} busy-loop process(es) running: pids {[w.pid for w in workers]}", flush=True)
+    try:
+        yield
+    finally:
+        for worker in workers:
+            worker.terminate()
+        for worker in workers:
+            worker.wait(10)
