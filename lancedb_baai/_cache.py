@@ -19,6 +19,7 @@ from typing import Any
 
 from ._backends import reason
 from ._device import dtype_reason
+from ._runtime import THREADS_ENV
 
 logger = logging.getLogger(__name__)
 
@@ -196,10 +197,12 @@ def _settle_threads_after_fork() -> None:
 
     The OpenMP pool torch used in the parent does not exist in the child, and a child
     that enters it waits forever. One intra-op thread per worker avoids the pool (and is
-    the right size when a server forks one worker per core). Tokenizer parallelism is
-    likewise switched off in the child.
+    the right size when a server forks one worker per core); ONNX Runtime and OpenVINO
+    engines compile their graph again in the child, with one thread too. Tokenizer
+    parallelism is likewise switched off in the child.
     """
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    os.environ[THREADS_ENV] = "1"  # ONNX Runtime / OpenVINO engines compile again with it
     torch = sys.modules.get("torch")
     if torch is not None:
         torch.set_num_threads(1)

@@ -194,8 +194,8 @@ class EngineConfig(EngineOptions):
             why = dtype_decision(self.dtype if self.precision is None else choice.dtype, choice.device)[1]
         provenance = {"version": __version__, "backend": choice.backend, "device": choice.device,
                       "dtype": choice.dtype, "dtype_reason": why}
-        if choice.fidelity is not None:
-            provenance["fidelity"] = choice.fidelity
+        if choice.backend != "torch":  # the figures the gate measured for this engine on this host
+            provenance["fidelity"] = self.engine().fidelity
         fingerprint = self.fingerprint()
         return provenance if fingerprint is None else {**provenance, "fingerprint": fingerprint}
 

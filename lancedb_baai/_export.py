@@ -135,7 +135,7 @@ def _build(key: EngineKey, weights: dict[str, Any], engine: Any, directory: Path
 
     tokenizer = _fast_tokenizer(engine)
     inputs = [name for name in INPUTS if name in engine.tokenizer("a", "b" if key.kind == "rerank" else None)]
-    module = _Forward(engine, inputs).eval()
+    module = _forward(engine, inputs)
     example = _example(engine, inputs, key.kind)
     with torch.inference_mode(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer notes on Python-side branches: the padded example covers them
@@ -171,25 +171,23 @@ def _fast_tokenizer(engine: Any) -> Any:
     return tokenizer
 
 
-def _torch_module():
+def _forward(engine: Any, inputs: list[str]) -> Any:
+    """The torch engine's forward pass with positional tensor inputs, as exporters trace it."""
     import torch
 
-    return torch.nn.Module
+    class Forward(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.engine = engine
+            self.model = engine.model  # registered, so the exporters see its parameters
 
+        def forward(self, *tensors):
+            batch = dict(zip(inputs, tensors))
+            if engine.kind == "rerank":
+                return self.model(**batch).logits.view(-1).float()
+            return engine._pool(batch).float()
 
-class _Forward(_torch_module()):  # type: ignore[misc]
-    """The torch engine's forward pass with positional tensor inputs, as exporters trace it."""
-
-    def __init__(self, engine: Any, inputs: list[str]) -> None:
-        super().__init__()
-        self.engine, self.inputs = engine, inputs
-        self.model = engine.model  # registered, so the exporters see its parameters
-
-    def forward(self, *tensors):
-        batch = dict(zip(self.inputs, tensors))
-        if self.engine.kind == "rerank":
-            return self.model(**batch).logits.view(-1).float()
-        return self.engine._pool(batch).float()
+    return Forward().eval()
 
 
 def _example(engine: Any, inputs: list[str], kind: str) -> tuple:

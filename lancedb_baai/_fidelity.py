@@ -170,19 +170,20 @@ def host_id() -> str:
 
 def recorded(export_dir: Path, dtype: str) -> dict[str, Any] | None:
     """The figures measured for the export in ``export_dir`` in ``dtype`` on this host, if any."""
-    return _read(export_dir).get(f"{host_id()}/{dtype}")
+    return read_all(export_dir).get(f"{host_id()}/{dtype}")
 
 
 def record(export_dir: Path, dtype: str, figures: dict[str, Any]) -> None:
     """Keep ``figures`` next to the export (atomic write; other hosts' figures are kept)."""
-    records = _read(export_dir)
+    records = read_all(export_dir)
     records[f"{host_id()}/{dtype}"] = figures
     temporary = export_dir / f".{_RECORD}.{os.getpid()}"
     temporary.write_text(json.dumps(records, indent=2, sort_keys=True), encoding="utf-8")
     os.replace(temporary, export_dir / _RECORD)
 
 
-def _read(export_dir: Path) -> dict[str, Any]:
+def read_all(export_dir: Path) -> dict[str, Any]:
+    """Every figure recorded for the export in ``export_dir``, by ``"<host>/<dtype>"``."""
     try:
         records = json.loads((export_dir / _RECORD).read_text(encoding="utf-8"))
     except (OSError, ValueError):

@@ -13,8 +13,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 # The columns a person reads first; the full record stays in each dict.
-CACHE_COLUMNS: tuple[str, ...] = ("model", "kind", "device", "dtype", "max_length", "loads", "calls", "version",
-                                  "loaded")
+CACHE_COLUMNS: tuple[str, ...] = ("model", "kind", "backend", "device", "dtype", "max_length", "loads", "calls",
+                                  "version", "loaded", "fidelity")
 
 
 def _cell(value: Any, spec: str = "") -> str:
@@ -22,6 +22,8 @@ def _cell(value: Any, spec: str = "") -> str:
         return "-"
     if isinstance(value, bool):
         return "yes" if value else "no"
+    if isinstance(value, Mapping) and "metric" in value:  # fidelity figures: the gated score
+        return f"{value['metric']} {value['score']:.4f}"
     if spec and _is_number(value):
         return format(value, spec)
     return str(value)

@@ -83,6 +83,18 @@ class _OpenVINORunner(_Runner):
 RUNNERS: dict[str, type[_Runner]] = {"onnx": _OnnxRunner, "openvino": _OpenVINORunner}
 
 
+def _never_free(runner: _Runner) -> None:
+    """Keep a runner inherited through fork alive for good.
+
+    Its runtime's worker threads stayed in the parent; freeing the session in the child
+    waits for them forever. One extra reference the child never drops keeps it alive, even
+    through interpreter shutdown; its memory is the parent's, shared copy-on-write.
+    """
+    import ctypes
+
+    ctypes.pythonapi.Py_IncRef(ctypes.py_object(runner))
+
+
 class _ExportedEngine:
     """What both exported engines share: the tokenizer, padding, length-sorted batches, counters."""
 
@@ -104,21 +116,25 @@ class _ExportedEngine:
         self.weights: dict[str, Any] = {"model": key.model}
         self.drift_checked: set[str] = set()
         self.fidelity: dict[str, Any] | None = None
-        self._threads = threads or default_threads()
+        self._threads = threads
         self._tokenizer_lock = threading.Lock()
-        self._runner: _Runner | None = RUNNERS[key.backend](directory, self.manifest, key.dtype, self._threads)
+        self._runner: _Runner | None = None
+        self.runner  # compile now: a broken export fails at load, not at the first call
 
     _truncation = "longest_first"
 
     def reset_after_fork(self) -> None:
         """Make the engine usable in a forked child: the runtime's thread pool did not survive the fork.
 
-        The graph is compiled again on first use, with one thread (the right size when a
-        server forks one worker per core), as the torch engines do.
+        The graph is compiled again on first use, with ``$LANCEDB_BAAI_THREADS`` threads, which
+        a fork sets to 1 (the right size when a server forks one worker per core; a server
+        sets its own count after the fork), as the torch engines do.
         """
         self._tokenizer_lock = threading.Lock()
         self.forward_passes = 0
-        self._runner, self._threads = None, 1
+        if self._runner is not None:
+            _never_free(self._runner)
+        self._runner, self._threads = None, None
 
     @property
     def runner(self) -> _Runner:
@@ -127,7 +143,7 @@ class _ExportedEngine:
             with self._tokenizer_lock:
                 if self._runner is None:
                     self._runner = RUNNERS[self.key.backend](self.directory, self.manifest, self.key.dtype,
-                                                             self._threads)
+                                                             self._threads or default_threads())
                 runner = self._runner
         return runner
 

@@ -26,7 +26,7 @@ import typer
 
 import lancedb_baai
 
-from . import _catalog, _device, _hub, _progress
+from . import _backends, _catalog, _device, _export, _fidelity, _hub, _progress
 from ._inputs import check_query
 from ._report import text_table
 
@@ -155,6 +155,10 @@ _DEVICE = typer.Option("auto", "--device", "-d", callback=_check(_device.check_d
                        help="auto, cpu, cuda, cuda:N or mps.")
 _DTYPE = typer.Option("auto", "--dtype", callback=_check(_device.check_dtype),
                       help="auto, float32, float16 or bfloat16.")
+_BACKEND = typer.Option("auto", "--backend", callback=_check(_backends.check_backend),
+                        help="auto, torch, onnx or openvino (the CPU backends need the onnx / openvino extra).")
+_PRECISION = typer.Option(None, "--precision", callback=_check(_backends.check_precision),
+                          help="fp32, bf16 or int8 on onnx / openvino (default: the fastest faithful one here).")
 _BATCH = typer.Option(32, "--batch-size", min=1, help="Most texts per forward pass.")
 _PROGRESS = typer.Option(None, "--progress/--no-progress",
                          help="Progress bar on stderr; default: for 1000+ texts in a terminal, never when CI is set.")
@@ -206,9 +210,35 @@ def host_report() -> dict[str, Any]:
         "python": sys.version.split()[0],
         "device": device, "device_reason": _device_reason(device),
         "dtype": dtype, "dtype_reason": dtype_reason,
+        "backends": _backend_report(device),
         "hub_cache": str(_hub.hub_cache_dir()), "offline": _offline(),
         "models": models,
+        "exports": _exports(),
     }
+
+
+def _backend_report(device: str) -> dict[str, Any]:
+    """What ``backend="auto"`` tries here, in order, and which runtimes are installed."""
+    order = _backends.candidates("embed", device, None, "auto")
+    return {"installed": {b: _backends.installed(b) for b in _backends.EXPORTED},
+            "openvino_bf16": _backends.openvino_bf16(), "native_bf16": list(_device.native_bf16_flags()),
+            "auto_order": [f"{b} {d or 'auto dtype'}" for b, d in order if _backends.installed(b)],
+            "export_cache": str(_export.cache_root())}
+
+
+def _exports() -> list[dict[str, Any]]:
+    """The exports on this machine, with the fidelity figures measured for them on this host."""
+    rows = []
+    for manifest_file in sorted((_export.cache_root() / "exports").glob(f"*/*/{_export.MANIFEST}")):
+        manifest = _hub.read_json(manifest_file)
+        records = _fidelity.read_all(manifest_file.parent)
+        for key, figures in sorted(records.items()):
+            host, _, precision = key.partition("/")
+            if host == _fidelity.host_id():
+                rows.append({"model": manifest.get("model"), "kind": manifest.get("kind"),
+                             "backend": manifest.get("backend"), "precision": precision,
+                             "fidelity": _fidelity.describe(figures)})
+    return rows
 
 
 def _format_report(report: dict[str, Any]) -> str:
@@ -220,10 +250,16 @@ def _format_report(report: dict[str, Any]) -> str:
         "",
         f"device \"auto\" -> {report['device']}: {report['device_reason']}",
         f"dtype  \"auto\" -> {report['dtype']}: {report['dtype_reason']}",
+        f"backend \"auto\" tries: {', '.join(report['backends']['auto_order'])}",
         f"hub cache: {hub}",
+        f"export cache: {report['backends']['export_cache']}",
         "",
         "known models (`lancedb-baai download NAME` puts one in the hub cache):",
         text_table(report["models"], ("name", "kind", "dims", "max_length", "cached")),
+        "",
+        "exports on this machine, with their fidelity against torch float32 on this host:",
+        text_table(report["exports"], ("model", "kind", "backend", "precision", "fidelity"))
+        if report["exports"] else "(none yet)",
     ])
 
 
@@ -342,6 +378,8 @@ def embed(
                                                      "instruction (passages get none)."),
     device: str = _DEVICE,
     dtype: str = _DTYPE,
+    backend: str = _BACKEND,
+    precision: Optional[str] = _PRECISION,
     batch_size: int = _BATCH,
     progress: Optional[bool] = _PROGRESS,
 ) -> None:
@@ -352,7 +390,8 @@ def embed(
     from .embeddings import BAAIEmbeddings
 
     with _errors(_offline_hint):
-        fn = BAAIEmbeddings(name=model, device=device, dtype=dtype, batch_size=batch_size, show_progress=False)
+        fn = BAAIEmbeddings(name=model, device=device, dtype=dtype, backend=backend, precision=precision,
+                            batch_size=batch_size, show_progress=False)
         fn.engine()  # a missing model fails here, before any input is read
         encode = fn.compute_query_embeddings if query else fn.generate_embeddings
 
@@ -372,6 +411,8 @@ def rerank(
     sort: bool = typer.Option(False, "--sort", help="Best first (reads all passages before writing)."),
     device: str = _DEVICE,
     dtype: str = _DTYPE,
+    backend: str = _BACKEND,
+    precision: Optional[str] = _PRECISION,
     batch_size: int = _BATCH,
     progress: Optional[bool] = _PROGRESS,
 ) -> None:
@@ -384,8 +425,8 @@ def rerank(
     from .reranker import BAAIRerankFunction
 
     with _errors(_offline_hint):
-        fn = BAAIRerankFunction(name=model, device=device, dtype=dtype, batch_size=batch_size,
-                                normalize=normalize, show_progress=False)
+        fn = BAAIRerankFunction(name=model, device=device, dtype=dtype, backend=backend, precision=precision,
+                                batch_size=batch_size, normalize=normalize, show_progress=False)
         check_query(query, "--query", "the text the passages should be scored against")
         fn.engine()  # a missing model fails here, before any input is read
         kept: list[dict[str, Any]] = []
@@ -409,6 +450,8 @@ def serve(
     rerank: Optional[list[str]] = typer.Option(None, "--rerank", help="Reranker to serve (repeatable), NAME or ALIAS=NAME."),
     device: str = _DEVICE,
     dtype: str = _DTYPE,
+    backend: str = _BACKEND,
+    precision: Optional[str] = _PRECISION,
     max_length: Optional[int] = typer.Option(None, "--max-length", min=1, help="Token limit (default: the model's)."),
     batch_size: int = _BATCH,
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
@@ -444,7 +487,8 @@ def serve(
     from .serve import ADMIN_TOKEN_ENV, API_KEYS_ENV, ModelOptions, ServeConfig, run
 
     with _errors(_offline_hint):
-        options = {"device": device, "dtype": dtype, "max_length": max_length, "batch_size": batch_size}
+        options = {"device": device, "dtype": dtype, "max_length": max_length, "batch_size": batch_size,
+                   "backend": backend, "precision": precision}
         models = [ModelOptions.parse("embed", spec, **options) for spec in embed or []]
         models += [ModelOptions.parse("rerank", spec, **options) for spec in rerank or []]
         keys = [*(api_key or []), *(k.strip() for k in os.environ.get(API_KEYS_ENV, "").split(",") if k.strip())]

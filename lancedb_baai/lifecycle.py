@@ -110,5 +110,5 @@ def rollback(name: str, kind: EngineKind = "embed", **engine_options: Any) -> di
 
 
 def _record(key: EngineKey) -> dict[str, Any]:
-    return next(r for r in CACHE.info() if (r["kind"], r["model"], r["device"], r["dtype"]) ==
-                (key.kind, key.model, key.device, key.dtype) and r["max_length"] == key.max_length)
+    return next(r for r in CACHE.info() if (r["kind"], r["model"], r["device"], r["dtype"], r["backend"]) ==
+                (key.kind, key.model, key.device, key.dtype, key.backend) and r["max_length"] == key.max_length)

@@ -39,12 +39,12 @@ def test_cache_info_prints_as_an_aligned_table(two_engines, st_model, cross_enco
     lines = text.splitlines()
     assert lines[0].endswith("2 engines") and f"process {two_engines[0]['pid']}" in lines[0]
     header, rule, *rows = lines[1:]
-    assert header.split() == ["model", "kind", "device", "dtype", "max_length", "loads", "calls", "version",
-                              "loaded"]
+    assert header.split() == ["model", "kind", "backend", "device", "dtype", "max_length", "loads", "calls", "version",
+                              "loaded", "fidelity"]
     assert set(rule) == {"-", " "}
     assert rows[0].startswith(str(st_model)) and rows[1].startswith(str(cross_encoder))
     # every column starts at the same offset on every line
-    for column in ("kind", "device", "dtype"):
+    for column in ("kind", "backend", "device", "dtype"):
         start = header.index(column)
         assert all(row[start - 2:start] == "  " and row[start] != " " for row in rows), column
     # numbers are right-aligned under their header

@@ -10,6 +10,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from .._runtime import THREADS_ENV
 from ._metrics import MULTIPROC_ENV, worker_exited
 from ._settings import ServeConfig
 
@@ -34,7 +35,7 @@ def _run_uvicorn(config: ServeConfig) -> None:
     from ._logs import uvicorn_log_config
 
     if config.threads is not None:
-        _set_torch_threads(config.threads)
+        _set_threads(config.threads)
     app = create_app(config)
     uvicorn.run(app, host=config.host, port=config.port, log_level=config.log_level,
                 timeout_graceful_shutdown=30, access_log=False,
@@ -60,7 +61,7 @@ def _run_gunicorn(config: ServeConfig) -> None:
     metrics_dir.mkdir(parents=True)
     os.environ[MULTIPROC_ENV] = str(metrics_dir)  # before anything imports prometheus-client
     threads = config.threads_per_worker()
-    _set_torch_threads(1)  # no OpenMP pool in the master: a forked child could not use it
+    _set_threads(1)  # no OpenMP pool in the master: a forked child could not use it
 
     from ._app import create_app
     from ._service import Service
@@ -68,7 +69,7 @@ def _run_gunicorn(config: ServeConfig) -> None:
     app = create_app(service=Service(config))
 
     def post_fork(server: Any, worker: Any) -> None:
-        _set_torch_threads(threads)
+        _set_threads(threads)
 
     def child_exit(server: Any, worker: Any) -> None:
         worker_exited(worker.pid)
@@ -93,7 +94,15 @@ def _bind(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def _set_torch_threads(threads: int) -> None:
-    import torch
+def _set_threads(threads: int) -> None:
+    """Threads per inference: torch's, and those an ONNX Runtime / OpenVINO engine compiles with.
 
-    torch.set_num_threads(threads)
+    torch is only imported if the process has it already (a torch-free server stays so);
+    one imported later starts with OMP_NUM_THREADS.
+    """
+    os.environ[THREADS_ENV] = str(threads)
+    torch = sys.modules.get("torch")
+    if torch is None:
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+    else:
+        torch.set_num_threads(threads)

@@ -54,7 +54,8 @@ class ModelOptions(EngineOptions):
     def engine_options(self) -> dict[str, object]:
         """The options that pick the engine, as the package's functions take them."""
         return {"revision": self.revision, "device": self.device, "dtype": self.dtype,
-                "max_length": self.max_length, "batch_size": self.batch_size}
+                "max_length": self.max_length, "batch_size": self.batch_size, "backend": self.backend,
+                "precision": self.precision, "min_fidelity": self.min_fidelity}
 
 
 class ServeConfig(BaseModel):

@@ -1,0 +1,382 @@
+"""ONNX Runtime and OpenVINO backends: fidelity to torch float32, one load, one export, no torch, the gate, "auto"."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import subprocess
+import sys
+import textwrap
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import lancedb_baai
+from lancedb_baai import BAAIEmbeddings, BAAIRerankFunction, _backends, _export, _fidelity
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("openvino")
+
+EXPORTED = ("onnx", "openvino")
+TEXTS = ["hello world", "a longer sentence about the python language and its tables", "x",
+         "lancedb stores vectors " * 12]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _own_export_cache(tmp_path_factory):
+    """This module's exports in a directory of their own (subprocesses inherit it)."""
+    previous = os.environ.get(_export.CACHE_ENV)
+    os.environ[_export.CACHE_ENV] = str(tmp_path_factory.mktemp("exports"))
+    _backends._choose.cache_clear()
+    yield
+    _backends._choose.cache_clear()
+    if previous is None:
+        os.environ.pop(_export.CACHE_ENV, None)
+    else:
+        os.environ[_export.CACHE_ENV] = previous
+
+
+def _auto_env() -> dict[str, str]:
+    """The environment of a child process in which "auto" means auto."""
+    return {k: v for k, v in os.environ.items() if k != _backends.BACKEND_ENV}
+
+
+def _torch_vectors(model, texts=TEXTS, **options) -> np.ndarray:
+    return np.array(BAAIEmbeddings(name=str(model), backend="torch", dtype="float32", **options)
+                    .generate_embeddings(texts))
+
+
+@pytest.mark.parametrize("backend", EXPORTED)
+@pytest.mark.parametrize("layout", ["sharp_st_model", "sharp_plain_model"])
+def test_fp32_matches_torch_float32(backend, layout, request):
+    model = request.getfixturevalue(layout)
+    for normalize in (True, False):
+        ours = BAAIEmbeddings(name=str(model), backend=backend, precision="fp32", normalize=normalize)
+        vectors = np.array(ours.generate_embeddings(TEXTS))
+        reference = _torch_vectors(model, normalize=normalize)
+        assert np.abs(vectors - reference).max() <= 1e-4, (backend, layout, normalize)
+        query = np.array(ours.compute_query_embeddings("what is lancedb?"))
+        reference_query = np.array(BAAIEmbeddings(name=str(model), backend="torch", dtype="float32",
+                                                  normalize=normalize).compute_query_embeddings("what is lancedb?"))
+        assert np.abs(query - reference_query).max() <= 1e-4
+    engine = ours.engine()
+    assert engine.key.backend == backend and engine.fidelity["score"] >= _fidelity.THRESHOLDS["float32"]
+
+
+@pytest.mark.parametrize("backend", EXPORTED)
+def test_reranker_keeps_flagreranker_semantics(backend, sharp_cross_encoder):
+    """Raw logits (sigmoid when normalized), the passage truncated and a long query capped, as in torch."""
+    long_query = " ".join(f"query{i} about tables" for i in range(40))
+    passages = ["short passage", "a much longer passage " * 30, "tables and vectors", ""]
+    for query in ("what is lancedb?", long_query):
+        for normalize in (False, True):
+            options = {"name": str(sharp_cross_encoder), "max_length": 48, "normalize": normalize}
+            ours = np.array(BAAIRerankFunction(backend=backend, **options).score(query, passages))
+            torch_scores = np.array(BAAIRerankFunction(backend="torch", dtype="float32", **options).score(query, passages))
+            assert np.abs(ours - torch_scores).max() <= 1e-4, (backend, normalize, query[:20])
+            if normalize:
+                assert ((ours > 0) & (ours < 1)).all()
+    engine = BAAIRerankFunction(name=str(sharp_cross_encoder), backend=backend, max_length=48).engine()
+    assert engine.fidelity["metric"] == "spearman" and engine.fidelity["score"] >= 0.999
+    lengths = engine.token_counts(passages, pair_with=[long_query] * len(passages))
+    assert max(lengths) > 48  # the inputs really were truncated
+
+
+def _independent_overlap(candidate: BAAIEmbeddings, model) -> tuple[float, float]:
+    """Top-10 overlap and min cosine of ``candidate`` against torch float32, computed here from scratch."""
+    passages, queries = _fidelity.gate_set()
+    ours = np.array(candidate.generate_embeddings(passages + queries))
+    theirs = _torch_vectors(model, passages + queries)
+    cosine = (ours * theirs).sum(axis=1)
+    hits = []
+    for q in range(len(passages), len(passages) + len(queries)):
+        top_ours = set(np.argsort(-(ours[:len(passages)] @ ours[q]))[:10])
+        top_theirs = set(np.argsort(-(theirs[:len(passages)] @ theirs[q]))[:10])
+        hits.append(len(top_ours & top_theirs) / 10)
+    return float(np.mean(hits)), float(cosine.min())
+
+
+@pytest.mark.parametrize("backend", EXPORTED)
+def test_int8_is_gated_on_its_measured_figures(backend, sharp_st_model):
+    """int8 runs with its figures recorded; the default threshold refuses it exactly when they fall short."""
+    accepting = BAAIEmbeddings(name=str(sharp_st_model), backend=backend, precision="int8", min_fidelity=0)
+    accepting.generate_embeddings(TEXTS)
+    figures = accepting.engine().fidelity
+    overlap, min_cosine = _independent_overlap(accepting, sharp_st_model)
+    assert figures["score"] == pytest.approx(overlap, abs=1e-6)
+    assert figures["min_cosine"] == pytest.approx(min_cosine, abs=1e-5)
+    assert figures["precision"] == "int8" and figures["texts"] == 250
+    default = BAAIEmbeddings(name=str(sharp_st_model), backend=backend, precision="int8")
+    if figures["score"] >= _fidelity.THRESHOLDS["int8"]:
+        default.generate_embeddings(TEXTS)
+    else:
+        with pytest.raises(_fidelity.FidelityError, match="fails the fidelity gate") as refused:
+            default.generate_embeddings(TEXTS)
+        assert f"{figures['score']:.3f}" in str(refused.value) and "min_fidelity=0" in str(refused.value)
+
+
+def _one_bit(source: Path, target: Path, feeds) -> None:
+    """A deliberately broken "quantization": every weight matrix kept as its sign times its mean size."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(source))
+    for initializer in model.graph.initializer:
+        weights = numpy_helper.to_array(initializer)
+        if weights.ndim == 2 and weights.dtype == np.float32:
+            broken = (np.sign(weights) * np.abs(weights).mean()).astype(np.float32)
+            initializer.CopyFrom(numpy_helper.from_array(broken, initializer.name))
+    onnx.save(model, str(target))
+
+
+def test_the_gate_refuses_a_broken_quantization(sharp_st_model, monkeypatch, tmp_path):
+    monkeypatch.setenv(_export.CACHE_ENV, str(tmp_path / "exports"))
+    monkeypatch.setitem(_export.QUANTIZERS, "onnx", _one_bit)
+    broken = BAAIEmbeddings(name=str(sharp_st_model), backend="onnx", precision="int8")
+    with pytest.raises(_fidelity.FidelityError, match=r"top-10 overlap 0\.\d+") as refused:
+        broken.generate_embeddings(TEXTS)
+    assert refused.value.figures["score"] < 0.97 and refused.value.threshold == 0.97
+    assert not [r for r in lancedb_baai.cache_info() if r["loaded"]]  # nothing refused stays loaded
+    # the figures were recorded next to the export: the next process refuses without measuring again
+    directory = _export.export_dir(broken.engine_key(), {"weights": _weights(sharp_st_model)})
+    assert _fidelity.recorded(directory, "int8")["score"] == refused.value.figures["score"]
+    # opting out serves it, with its figures shown
+    accepted = BAAIEmbeddings(name=str(sharp_st_model), backend="onnx", precision="int8", min_fidelity=0)
+    assert len(accepted.generate_embeddings(TEXTS)) == len(TEXTS)
+    [record] = [r for r in lancedb_baai.cache_info() if r["loaded"]]
+    assert record["backend"] == "onnx" and record["fidelity"]["score"] == refused.value.figures["score"]
+    # a stricter function refuses the engine a laxer one loaded
+    with pytest.raises(_fidelity.FidelityError):
+        BAAIEmbeddings(name=str(sharp_st_model), backend="onnx", precision="int8", min_fidelity=0.5).engine()
+
+
+def _weights(model) -> str:
+    from lancedb_baai import _fingerprint
+
+    return _fingerprint.weights(Path(model))["weights"]
+
+
+def test_one_load_across_table_reopen_and_pickling(sharp_st_model, tmp_path):
+    import lancedb
+    from lancedb.pydantic import LanceModel, Vector
+
+    fn = BAAIEmbeddings(name=str(sharp_st_model), backend="openvino")
+
+    class Doc(LanceModel):
+        text: str = fn.SourceField()
+        vector: Vector(fn.ndims()) = fn.VectorField()
+
+    before = lancedb_baai.load_count()
+    db = lancedb.connect(tmp_path / "db")
+    db.create_table("docs", schema=Doc).add([{"text": t} for t in TEXTS])
+    for _ in range(3):
+        table = lancedb.connect(tmp_path / "db").open_table("docs")
+        hits = table.search("python tables").limit(2).to_list()
+        assert len(hits) == 2
+    copy = pickle.loads(pickle.dumps(fn))
+    assert np.allclose(copy.generate_embeddings(TEXTS[:1]), fn.generate_embeddings(TEXTS[:1]))
+    assert lancedb_baai.load_count() - before == 1
+    [record] = lancedb_baai.cache_info()
+    assert record["backend"] == "openvino" and record["loads"] == 1 and record["calls"] >= 5
+    # the table records which backend and precision made its vectors, and their figures
+    stored = table.embedding_functions["vector"].function.stored_provenance()
+    assert stored["backend"] == "openvino" and stored["dtype"] == "float32"
+    assert stored["fidelity"]["score"] >= 0.999 and stored["fingerprint"]["backend"] == "openvino"
+
+
+def _embed_in_worker(fn: BAAIEmbeddings) -> tuple[int, list, bool, int]:
+    vectors = [fn.generate_embeddings(TEXTS) for _ in range(3)][-1]
+    return os.getpid(), np.asarray(vectors).tolist(), "torch" in sys.modules, lancedb_baai.load_count()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", EXPORTED)
+def test_spawn_pool_loads_once_per_worker_without_torch(backend, sharp_st_model):
+    fn = BAAIEmbeddings(name=str(sharp_st_model), backend=backend)
+    expected = np.array(fn.generate_embeddings(TEXTS))  # exports here; the workers only open it
+    with ProcessPoolExecutor(2, mp_context=get_context("spawn")) as pool:
+        results = list(pool.map(_embed_in_worker, [fn] * 6))
+    assert len({pid for pid, *_ in results}) >= 1
+    for pid, vectors, torch_loaded, loads in results:
+        assert np.abs(np.array(vectors) - expected).max() <= 1e-5
+        assert not torch_loaded, f"worker {pid} imported torch"
+        assert loads == 1, f"worker {pid} loaded {loads} times"
+
+
+def _fork_embed(fn: BAAIEmbeddings) -> tuple[list, int]:
+    return np.asarray(fn.generate_embeddings(TEXTS)).tolist(), lancedb_baai.load_count()
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="fork")
+def test_preload_before_fork_serves_in_children(sharp_st_model):
+    fn = BAAIEmbeddings(name=str(sharp_st_model), backend="onnx")
+    lancedb_baai.preload(str(sharp_st_model), backend="onnx")
+    expected = np.array(fn.generate_embeddings(TEXTS))
+    with ProcessPoolExecutor(2, mp_context=get_context("fork")) as pool:
+        results = list(pool.map(_fork_embed, [fn] * 4))
+    for vectors, loads in results:
+        assert np.abs(np.array(vectors) - expected).max() <= 1e-6
+        assert loads == 0  # the child serves the parent's engine: no load of its own
+
+
+_CHILD = textwrap.dedent("""
+    import json, sys, time
+    start = time.perf_counter()
+    import lancedb, lancedb_baai
+    fn = lancedb_baai.BAAIEmbeddings(name=sys.argv[1], backend=sys.argv[2])
+    vector = fn.generate_embeddings(["a first text"])[0]
+    print(json.dumps({"seconds": time.perf_counter() - start, "first": float(vector[0]),
+                      "torch": "torch" in sys.modules, "transformers": "transformers" in sys.modules,
+                      "backend": fn.engine_key().backend, "loads": lancedb_baai.load_count()}))
+""")
+
+
+@pytest.mark.slow
+def test_a_loaded_export_leaves_torch_out(sharp_st_model):
+    expected = {b: BAAIEmbeddings(name=str(sharp_st_model), backend=b).generate_embeddings(["a first text"])[0]
+                for b in EXPORTED}
+    BAAIEmbeddings(name=str(sharp_st_model)).engine_key()  # "auto" here gates once and records it
+    for backend in ("onnx", "openvino", "auto"):
+        out = subprocess.run([sys.executable, "-c", _CHILD, str(sharp_st_model), backend], env=_auto_env(),
+                             capture_output=True, text=True, timeout=300, check=True).stdout
+        child = json.loads(out)
+        assert not child["torch"] and not child["transformers"], (backend, child)
+        assert child["backend"] in EXPORTED and child["loads"] == 1
+        assert child["first"] == pytest.approx(float(expected[child["backend"]][0]), abs=1e-6)
+
+
+def test_export_never_writes_into_a_read_only_model_dir(sharp_plain_model, tmp_path, monkeypatch):
+    import shutil
+
+    model = tmp_path / "read-only" / "bge-base-en-v1.5"
+    shutil.copytree(sharp_plain_model, model)
+    before = sorted((p.relative_to(model).as_posix(), p.stat().st_mtime_ns) for p in model.rglob("*"))
+    for path in [model, *model.rglob("*")]:
+        path.chmod(0o555 if path.is_dir() else 0o444)
+    monkeypatch.setenv(_export.CACHE_ENV, str(tmp_path / "exports"))
+    try:
+        vectors = BAAIEmbeddings(name=str(model), backend="openvino").generate_embeddings(TEXTS)
+    finally:
+        for path in [model, *model.rglob("*")]:
+            path.chmod(0o755 if path.is_dir() else 0o644)
+    assert np.abs(np.array(vectors) - _torch_vectors(model)).max() <= 1e-4
+    assert sorted((p.relative_to(model).as_posix(), p.stat().st_mtime_ns) for p in model.rglob("*")) == before
+    assert list((tmp_path / "exports" / "exports").iterdir())  # the export went to the cache
+
+
+_EXPORTER = textwrap.dedent("""
+    import json, logging, sys
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+    import lancedb_baai
+    fn = lancedb_baai.BAAIEmbeddings(name=sys.argv[1], backend="onnx")
+    print(json.dumps(fn.generate_embeddings(["one text", "and another one"])[0].tolist()))
+""")
+
+
+@pytest.mark.slow
+def test_two_processes_exporting_at_once_make_one_export(sharp_plain_model, tmp_path):
+    env = {**_auto_env(), _export.CACHE_ENV: str(tmp_path / "exports")}
+    workers = [subprocess.Popen([sys.executable, "-c", _EXPORTER, str(sharp_plain_model)], env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outputs = [w.communicate(timeout=300) for w in workers]
+    assert all(w.returncode == 0 for w in workers), [err[-2000:] for _, err in outputs]
+    first, second = (json.loads(out) for out, _ in outputs)
+    assert first == second
+    exported = sum(err.count("exported embed model") for _, err in outputs)
+    assert exported == 1, [err[-2000:] for _, err in outputs]
+    [directory] = [d for d in (tmp_path / "exports" / "exports").rglob("embed-onnx-*") if d.is_dir()]
+    assert _export.manifest(directory) is not None
+    assert not list(directory.parent.glob(".partial-*"))
+
+
+def test_a_corrupt_export_is_built_again(sharp_plain_model, tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv(_export.CACHE_ENV, str(tmp_path / "exports"))
+    fn = BAAIEmbeddings(name=str(sharp_plain_model), backend="onnx")
+    expected = np.array(fn.generate_embeddings(TEXTS))
+    directory = fn.engine().directory
+    lancedb_baai.release()
+    graph = directory / "model.onnx"
+    graph.write_bytes(graph.read_bytes()[: graph.stat().st_size // 2])  # a partial write
+    assert _export.manifest(directory) is None
+    with caplog.at_level("WARNING", logger="lancedb_baai._export"):
+        again = np.array(BAAIEmbeddings(name=str(sharp_plain_model), backend="onnx").generate_embeddings(TEXTS))
+    assert "building it again" in caplog.text
+    assert np.abs(again - expected).max() <= 1e-6 and _export.manifest(directory) is not None
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_auto_gives_one_answer_across_ten_processes_under_load(sharp_st_model):
+    env = _auto_env()
+    decide = ("import json, sys, lancedb_baai; c = lancedb_baai.BAAIEmbeddings(name=sys.argv[1]).backend_choice(); "
+              "print(json.dumps([c.backend, c.dtype, c.reason]))")
+    first = subprocess.run([sys.executable, "-c", decide, str(sharp_st_model)], env=env, capture_output=True,
+                           text=True, timeout=300, check=True).stdout  # the first one on this host gates
+    busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
+    try:
+        workers = [subprocess.Popen([sys.executable, "-c", decide, str(sharp_st_model)], env=env,
+                                    stdout=subprocess.PIPE, text=True) for _ in range(10)]
+        answers = [w.communicate(timeout=300)[0] for w in workers]
+    finally:
+        for process in busy:
+            process.kill()
+            process.wait(timeout=60)
+    assert all(w.returncode == 0 for w in workers)
+    assert set(answers) == {first}, set(answers)
+    backend, dtype, reason = json.loads(first)
+    assert reason.startswith(f"auto: {backend} {dtype}")
+    expected = "bfloat16" if _backends.openvino_bf16() else "float32"
+    assert (backend, dtype) == ("openvino", expected)
+
+
+def test_auto_without_the_runtimes_is_torch_and_says_why(sharp_st_model, monkeypatch):
+    monkeypatch.delenv(_backends.BACKEND_ENV, raising=False)
+    monkeypatch.setattr(_backends, "installed", lambda backend: backend == "torch")
+    _backends._choose.cache_clear()
+    try:
+        choice = BAAIEmbeddings(name=str(sharp_st_model)).backend_choice()
+    finally:
+        _backends._choose.cache_clear()
+    assert choice.backend == "torch"
+    assert "onnxruntime is not installed" in choice.reason and "lancedb_baai[openvino]" in choice.reason
+
+
+def test_auto_takes_torch_for_bge_m3_and_remote_code():
+    assert _backends.candidates("m3", "cpu", None, "auto") == [("torch", None)]
+    assert _backends.candidates("embed", "cuda", None, "auto") == [("torch", None)]
+    assert _backends.candidates("embed", "cpu", None, "auto", trust_remote_code=True) == [("torch", None)]
+    assert _backends.candidates("embed", "cpu", "int8", "auto") == [("openvino", "int8"), ("onnx", "int8")]
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"backend": "onnx", "device": "cuda"}, "runs on the CPU"),
+    ({"backend": "torch", "precision": "int8"}, "runs on ONNX Runtime or OpenVINO"),
+    ({"backend": "onnx", "precision": "bf16"}, "ONNX Runtime has no bf16"),
+    ({"backend": "openvino", "dtype": "float16"}, "no float16"),
+    ({"backend": "openvino", "precision": "fp32", "dtype": "bfloat16"}, "disagree"),
+])
+def test_impossible_combinations_say_what_to_do(options, message, sharp_st_model):
+    if options.get("precision") == "bf16" and _backends.openvino_bf16() and options["backend"] == "openvino":
+        pytest.skip("this CPU runs bf16 natively")
+    with pytest.raises(ValueError, match=message):
+        BAAIEmbeddings(name=str(sharp_st_model), **options).engine_key()
+
+
+def test_bf16_on_a_cpu_without_it_is_refused_not_run_as_float32(sharp_st_model):
+    if _backends.openvino_bf16():
+        pytest.skip("this CPU runs bf16 natively: the bf16 path is exercised by the fidelity tests")
+    with pytest.raises(ValueError, match="needs a CPU with native bf16"):
+        BAAIEmbeddings(name=str(sharp_st_model), backend="openvino", precision="bf16").engine_key()
+
+
+def test_unknown_backend_and_precision_are_refused_with_the_choices():
+    with pytest.raises(ValueError, match=r"backend 'tensorrt' is not supported; use one of \['auto'"):
+        BAAIEmbeddings(backend="tensorrt")
+    with pytest.raises(ValueError, match=r"precision 'fp8' is not supported"):
+        BAAIRerankFunction(precision="fp8")
+    with pytest.raises(ValueError, match="min_fidelity"):
+        BAAIEmbeddings(min_fidelity=1.5)
