@@ -380,3 +380,53 @@ def test_unknown_backend_and_precision_are_refused_with_the_choices():
         BAAIRerankFunction(precision="fp8")
     with pytest.raises(ValueError, match="min_fidelity"):
         BAAIEmbeddings(min_fidelity=1.5)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+@pytest.mark.skipif(sys.platform == "win32", reason="gunicorn needs a Unix")
+def test_a_two_worker_server_serves_swaps_and_rolls_back_on_openvino(sharp_st_model, sharp_plain_model,
+                                                                    sharp_cross_encoder, tmp_path):
+    pytest.importorskip("gunicorn")
+    sys.path.insert(0, str(Path(__file__).parent))
+    from _serve import Server, wait_for
+
+    def local(model):
+        return BAAIEmbeddings(name=str(model), backend="openvino").generate_embeddings(["x", "a longer text"])
+
+    expected = {m: np.array(local(m)) for m in (sharp_st_model, sharp_plain_model)}
+    scores = BAAIRerankFunction(name=str(sharp_cross_encoder), backend="openvino").score("q", ["a", "b c"])
+    server = Server(["--embed", sharp_st_model, "--rerank", sharp_cross_encoder, "--backend", "openvino",
+                     "--workers", 2, "--state-dir", tmp_path / "state"], tmp_path / "server.log").start()
+    try:
+        def embedded(version):
+            response = server.post("/v1/embeddings", {"model": str(sharp_st_model), "input": ["x", "a longer text"]})
+            assert response.status_code == 200, response.text
+            assert response.headers["x-model-version"] == version
+            return np.array([row["embedding"] for row in response.json()["data"]])
+
+        def workers_at(generation):
+            records = server.engines()["workers"]
+            return records if len(records) == 2 and all(w["generation"] >= generation for w in records) else None
+
+        assert all(w["load_count"] == 0 for w in wait_for(lambda: workers_at(0), timeout=60))
+        for _ in range(4):
+            assert np.abs(embedded(f"{sharp_st_model}@0") - expected[sharp_st_model]).max() <= 1e-5
+        reranked = server.post("/rerank", {"model": str(sharp_cross_encoder), "query": "q", "texts": ["a", "b c"],
+                                           "raw_scores": True})
+        assert reranked.status_code == 200, reranked.text
+        got = sorted((r["index"], r["score"]) for r in reranked.json())  # TEI's /rerank shape
+        assert np.abs(np.array([s for _, s in got]) - np.array(scores)).max() <= 1e-5
+        swapped = server.post("/admin/swap", {"model": str(sharp_st_model), "new_model": str(sharp_plain_model)},
+                              headers=server.admin())
+        assert swapped.status_code == 200, swapped.text
+        wait_for(lambda: workers_at(swapped.json()["generation"]), timeout=60)
+        for _ in range(4):
+            assert np.abs(embedded(f"{sharp_plain_model}@1") - expected[sharp_plain_model]).max() <= 1e-5
+        back = server.post("/admin/rollback", {"model": str(sharp_st_model)}, headers=server.admin())
+        assert back.status_code == 200, back.text
+        wait_for(lambda: workers_at(back.json()["generation"]), timeout=60)
+        for _ in range(4):
+            assert np.abs(embedded(f"{sharp_st_model}@2") - expected[sharp_st_model]).max() <= 1e-5
+    finally:
+        server.stop()
