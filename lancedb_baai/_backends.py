@@ -100,7 +100,7 @@ def _choose(kind: str, model: str, revision: str | None, backend: str, precision
     source = "asked for"
     if backend == "auto":
         configured = os.environ.get(BACKEND_ENV, "").strip()
-        if configured and configured != "auto":
+        if configured and configured != "auto" and not (kind == "m3" and configured in EXPORTED):
             backend, source = check_backend(configured), f"{BACKEND_ENV}={configured}"
     if backend == "torch":
         resolved = resolve_device(device)
@@ -131,8 +131,8 @@ def _check_exportable(kind: str, backend: str, device: str) -> None:
         raise ValueError(f"backend={backend!r} runs on the CPU; device={device!r} needs backend='torch' "
                          "(or 'auto', which takes torch on a GPU)")
     if kind == "m3":
-        raise ValueError(f"backend={backend!r} does not run bge-m3 yet (its dense, sparse and ColBERT outputs "
-                         "share one torch pass): use backend='torch' for it")
+        raise ValueError(f"backend={backend!r} runs bge-m3's dense vectors only ('local-baai' with "
+                         f"backend={backend!r}); its sparse and ColBERT outputs need backend='torch'")
     if not installed(backend):
         raise ModuleNotFoundError(f"backend={backend!r} needs {RUNTIMES[backend]}, which is not installed "
                                   f"here: {extra(backend)}")

@@ -8,6 +8,7 @@ import numpy as np
 from lancedb.embeddings import TextEmbeddingFunction, register
 
 from . import _catalog, _progress
+from ._backends import EXPORTED
 from ._config import EmbedderConfig
 from ._inputs import NoRetry, check_queries, check_texts
 
@@ -65,11 +66,17 @@ class BAAIEmbeddings(NoRetry, EmbedderConfig, TextEmbeddingFunction):
         return _catalog.vector_dims(self.name, self.revision)
 
     def _engine_kind(self) -> str:
-        """bge-m3 runs on the "m3" engine, which every function on that model shares."""
-        return "m3" if _catalog.is_m3(self.name, self.revision) else self.engine_kind
+        """bge-m3 runs on the "m3" engine, which every function on that model shares.
+
+        On ONNX Runtime or OpenVINO, bge-m3's dense vector (CLS, normalized) is exported as
+        any bge embedder is; its sparse and ColBERT outputs stay on torch.
+        """
+        if self.backend in EXPORTED or not _catalog.is_m3(self.name, self.revision):
+            return self.engine_kind
+        return "m3"
 
     def _semantics(self) -> dict:
-        pooling_is_m3 = {"pooling": "cls"} if self._engine_kind() == "m3" else {}
+        pooling_is_m3 = {"pooling": "cls"} if _catalog.is_m3(self.name, self.revision) else {}
         return {**pooling_is_m3, "output": "dense", "normalize": self.normalize,
                 "query_instruction": self.instruction()}
 

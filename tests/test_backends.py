@@ -430,3 +430,23 @@ def test_a_two_worker_server_serves_swaps_and_rolls_back_on_openvino(sharp_st_mo
             assert np.abs(embedded(f"{sharp_st_model}@2") - expected[sharp_st_model]).max() <= 1e-5
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("backend", EXPORTED)
+def test_bge_m3_dense_runs_on_the_backends_and_its_other_outputs_stay_on_torch(backend, models_root, monkeypatch):
+    from lancedb_baai import BGEM3ColbertEmbeddings, testing
+
+    model = models_root / "backends" / "BAAI" / "bge-m3"
+    if not model.exists():
+        testing.build_m3_model(model)
+    dense = BAAIEmbeddings(name=str(model), backend=backend)
+    torch_dense = BAAIEmbeddings(name=str(model), backend="torch", dtype="float32")
+    assert torch_dense.engine_key().kind == "m3" and dense.engine_key().kind == "embed"
+    assert np.abs(np.array(dense.generate_embeddings(TEXTS)) - np.array(torch_dense.generate_embeddings(TEXTS))).max() <= 1e-4
+    monkeypatch.setenv(_backends.BACKEND_ENV, backend)  # a process-wide preference leaves bge-m3 on torch
+    _backends._choose.cache_clear()
+    key = BAAIEmbeddings(name=str(model)).engine_key()
+    _backends._choose.cache_clear()
+    assert (key.kind, key.backend) == ("m3", "torch")
+    with pytest.raises(ValueError, match="sparse and ColBERT outputs need backend='torch'"):
+        BGEM3ColbertEmbeddings(name=str(model), backend=backend).engine_key()
