@@ -63,6 +63,9 @@ def _options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cold-repeats", type=int, default=None,
                         help="fresh processes per contender for the cold start (default 3; quick 1, and only "
                              "for the contenders that may run torch-free; 0: skip)")
+    parser.add_argument("--gemm-size", type=int, default=None,
+                        help="matrix size of the matmul peak measurement (default 2048; quick 256; a bf16 "
+                             "GEMM without native bf16 takes minutes at 2048)")
     _common.contender_option(parser)
 
 
@@ -80,7 +83,7 @@ def main() -> int:
     bench.prepare()
     print(f"auto resolved to: {bench.choices['auto']['backend']} {bench.choices['auto']['dtype']} "
           f"({bench.choices['auto']['reason']})" if "auto" in bench.choices else "auto not run", flush=True)
-    gemm = (256, 3) if args.quick else (2048, 5)
+    gemm = (args.gemm_size or 256, 3) if args.quick else (args.gemm_size or 2048, 5)
     peaks = _common.gemm_peaks(*gemm)
     load_before = _load()
     with _common.busy(args.busy):
