@@ -15,12 +15,9 @@ import importlib.util
 import logging
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ._device import cpu_bf16_report, native_bf16_flags, resolve_device, resolve_dtype
-
-if TYPE_CHECKING:
-    from ._cache import EngineKey
 
 logger = logging.getLogger(__name__)
 
@@ -74,14 +71,6 @@ class Choice:
     fidelity: dict[str, Any] | None = None
 
 
-_REASONS: dict[tuple, str] = {}
-
-
-def reason(key: EngineKey) -> str | None:
-    """Why ``key`` runs on its backend, if a choice in this process made it."""
-    return _REASONS.get((key.kind, key.model, key.backend, key.dtype))
-
-
 def choose(kind: str, model: str, revision: str | None, backend: str, precision: str | None,
            dtype: str, device: str, trust_remote_code: bool = False,
            min_fidelity: float | None = None) -> Choice:
@@ -89,9 +78,7 @@ def choose(kind: str, model: str, revision: str | None, backend: str, precision:
 
     Memoised per process; "auto" may export and gate the model the first time a host sees it.
     """
-    choice = _choose(kind, model, revision, backend, precision, dtype, device, trust_remote_code, min_fidelity)
-    _REASONS[(kind, model, choice.backend, choice.dtype)] = choice.reason
-    return choice
+    return _choose(kind, model, revision, backend, precision, dtype, device, trust_remote_code, min_fidelity)
 
 
 @functools.lru_cache(maxsize=256)

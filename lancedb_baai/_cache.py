@@ -17,9 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._backends import reason
-from ._device import dtype_reason
-from ._runtime import THREADS_ENV
+from ._device import THREADS_ENV, dtype_reason
 
 logger = logging.getLogger(__name__)
 
@@ -161,10 +159,11 @@ class EngineCache:
     def _record(self, slot: _Slot) -> dict[str, Any]:
         key = slot.key
         fidelity = getattr(slot.engine, "fidelity", None)
-        why = dtype_reason(key.dtype, key.device) if key.backend == "torch" else reason(key) or "asked for"
+        backend_reason = getattr(slot.engine, "backend_reason", None) or "asked for"
+        why = dtype_reason(key.dtype, key.device) if key.backend == "torch" else backend_reason
         return {
             "model": key.model, "served": slot.served or key.model, "kind": key.kind,
-            "backend": key.backend, "backend_reason": reason(key) or "asked for", "fidelity": fidelity,
+            "backend": key.backend, "backend_reason": backend_reason, "fidelity": fidelity,
             "device": key.device, "dtype": key.dtype, "dtype_reason": why,
             "max_length": key.max_length,
             "revision": key.revision, "loads": slot.loads, "calls": slot.calls,

@@ -156,8 +156,10 @@ class EngineConfig(EngineOptions):
     def _load(self, key: EngineKey) -> Any:
         from ._loading import load_engine
 
-        return load_engine(key, self.trust_remote_code, show_progress=self.show_progress is True,
-                           min_fidelity=self.min_fidelity)
+        engine = load_engine(key, self.trust_remote_code, show_progress=self.show_progress is True,
+                             min_fidelity=self.min_fidelity)
+        engine.backend_reason = self.backend_choice().reason  # what cache_info() shows
+        return engine
 
     def __repr_args__(self):
         """The configuration without LanceDB's ``max_retries``, which these functions never use."""

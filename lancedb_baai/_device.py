@@ -58,6 +58,8 @@ def _gpu_nodes() -> bool:
 
 
 DTYPE_ENV = "LANCEDB_BAAI_DTYPE"
+THREADS_ENV = "LANCEDB_BAAI_THREADS"
+"""Threads per inference of an ONNX Runtime / OpenVINO engine (default: the CPUs this process may use)."""
 
 
 def auto_dtype(device: str) -> tuple[str, str]:

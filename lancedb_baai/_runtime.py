@@ -21,11 +21,11 @@ import numpy as np
 
 from . import _progress
 from ._batching import pass_cost, plan_batches
+from ._device import THREADS_ENV
 
 if TYPE_CHECKING:
     from ._cache import EngineKey
 
-THREADS_ENV = "LANCEDB_BAAI_THREADS"
 _OV_PRECISION = {"float32": "f32", "bfloat16": "bf16", "int8": "f32"}  # int8: the graph carries it
 
 

@@ -25,6 +25,16 @@ class BAAIEmbeddings(NoRetry, EmbedderConfig, TextEmbeddingFunction):
         "auto" (cuda, then mps, then cpu), "cpu", "cuda", "cuda:N" or "mps".
     dtype : str, default "auto"
         "auto" (the fastest faithful dtype for the device), "float32", "float16" or "bfloat16".
+    backend : {"auto", "torch", "onnx", "openvino"}, default "auto"
+        The runtime: "auto" takes the fastest installed one that passes the fidelity gate
+        on this host (see "CPU backends" in the README); ONNX Runtime and OpenVINO run an
+        export of the model, made once per machine, without torch.
+    precision : {None, "fp32", "bf16", "int8"}, default None
+        The precision on ONNX Runtime / OpenVINO (None: bf16 where native, else fp32);
+        on torch, "fp32"/"bf16" mean dtype "float32"/"bfloat16".
+    min_fidelity : float or None, default None
+        The gate's threshold for an ONNX Runtime / OpenVINO engine against torch float32
+        (None: 0.999 fp32, 0.99 bf16, 0.97 int8); 0 accepts any, with its figures shown.
     normalize : bool, default True
         L2-normalise vectors (what bge is trained for: cosine = dot product).
     query_instruction : str or None, default None

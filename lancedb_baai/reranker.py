@@ -30,6 +30,10 @@ class BAAIRerankFunction(NoRetry, EngineConfig, EmbeddingFunction):
     ----------
     name : str, default "BAAI/bge-reranker-base"
         Hub id or local directory of a bge-reranker model.
+    backend, precision, min_fidelity
+        The runtime, its precision and the fidelity gate's threshold, as for
+        :class:`~lancedb_baai.BAAIEmbeddings` (rerankers are gated on the Spearman
+        correlation of their scores with torch float32).
     normalize : bool, default False
         Return sigmoid(logit) in [0, 1] instead of the raw logit.
     max_length : int or None, default None
