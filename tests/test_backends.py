@@ -450,3 +450,24 @@ def test_bge_m3_dense_runs_on_the_backends_and_its_other_outputs_stay_on_torch(b
     assert (key.kind, key.backend) == ("m3", "torch")
     with pytest.raises(ValueError, match="sparse and ColBERT outputs need backend='torch'"):
         BGEM3ColbertEmbeddings(name=str(model), backend=backend).engine_key()
+
+
+@pytest.mark.skipif(not _backends.openvino_bf16(), reason="this CPU has no native bf16: bf16 is refused here "
+                    "(test_bf16_on_a_cpu_without_it_is_refused_not_run_as_float32)")
+def test_bf16_passes_its_gate_where_native(sharp_st_model):
+    fn = BAAIEmbeddings(name=str(sharp_st_model), backend="openvino", precision="bf16")
+    vectors = np.array(fn.generate_embeddings(TEXTS))
+    assert fn.engine().fidelity["score"] >= _fidelity.THRESHOLDS["bfloat16"]
+    assert np.abs(vectors - _torch_vectors(sharp_st_model)).max() <= 5e-2
+
+
+def test_info_lists_the_exports_with_their_figures(sharp_cross_encoder):
+    from lancedb_baai import cli
+
+    BAAIRerankFunction(name=str(sharp_cross_encoder), backend="onnx").score("q", ["a"])
+    report = cli.host_report()
+    rows = [r for r in report["exports"] if r["model"] == str(sharp_cross_encoder) and r["backend"] == "onnx"]
+    assert rows and rows[0]["fidelity"].startswith("Spearman 1.0000")
+    assert report["backends"]["installed"] == {"onnx": True, "openvino": True}
+    assert report["backends"]["auto_order"][-1] == "torch auto dtype"
+    assert "exports on this machine" in cli._format_report(report)
