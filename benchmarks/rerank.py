@@ -48,6 +48,8 @@ def _options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rounds", type=int, default=None, help="timed rounds (default 3; quick 1)")
     parser.add_argument("--queries", type=int, default=None, help="queries per candidate count (default 10; quick 1)")
     parser.add_argument("--counts", default=None, help="comma-separated candidate counts (default 50,200; quick 4,8)")
+    parser.add_argument("--fidelity-queries", type=int, default=None,
+                        help="queries of the Spearman comparison (default 20; quick: --queries)")
     parser.add_argument("--rss-calls", type=int, default=None,
                         help="rerank calls of the memory-growth check (default 1000; quick 5)")
     parser.add_argument("--model", choices=("minilm", "tiny"), default="minilm",
@@ -74,7 +76,7 @@ def main() -> int:
         with _common.busy(args.busy):
             latency = {count: bench.latency(count, n_queries, rounds) for count in counts}
         load_after = [round(x, 2) for x in os.getloadavg()]
-        fidelity = bench.fidelity(counts[0], 20 if not args.quick else n_queries)
+        fidelity = bench.fidelity(counts[0], args.fidelity_queries or (20 if not args.quick else n_queries))
         memory = [bench.memory(key, counts[0], rss_calls, 2 if args.quick else None)
                   for key in (OURS, THEIRS) if key in bench.rerankers]
         rows = bench.rows(latency, fidelity)
