@@ -64,6 +64,8 @@ def main() -> int:
     args = _common.parse_args("rerank", __doc__, _options)
     environment = _common.backend_environment()
     contenders, skipped = _common.pick_contenders(args.contenders, args.quick)
+    for row in skipped:
+        row["method"] = row["method"].replace("local-baai", "local-baai-rerank")
     rounds = args.rounds or (1 if args.quick else 3)
     n_queries = args.queries or (1 if args.quick else 10)
     counts = tuple(int(c) for c in args.counts.split(",")) if args.counts else ((4, 8) if args.quick else (50, 200))
