@@ -510,7 +510,9 @@ def busy(processes: int) -> Iterator[None]:
         return
     import subprocess
 
-    workers = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(processes)]
+    # each spins until this process is gone, so a killed benchmark leaves no spinner behind
+    spin = f"import os\nwhile os.getppid() == {os.getpid()}: pass"
+    workers = [subprocess.Popen([sys.executable, "-c", spin]) for _ in range(processes)]
     print(f"  {processes} busy-loop process(es) running: pids {[w.pid for w in workers]}", flush=True)
     try:
         yield
