@@ -167,7 +167,7 @@ def _auto(kind: str, model: str, revision: str | None, precision: str | None, dt
           trust_remote_code: bool, min_fidelity: float | None) -> Choice:
     from . import _fidelity
     from ._cache import EngineKey
-    from ._loading import gated_engine
+    from ._loading import gated_engine, recorded_fidelity
 
     resolved = resolve_device(device)
     skipped: list[str] = []
@@ -183,7 +183,7 @@ def _auto(kind: str, model: str, revision: str | None, precision: str | None, dt
             skipped.append(f"{backend} {wanted}: {RUNTIMES[backend]} is not installed ({extra(backend)})")
             continue
         key = EngineKey(kind, model, revision, "cpu", wanted, None, backend)
-        figures = gated_engine(key, trust_remote_code).fidelity
+        figures = recorded_fidelity(key) or gated_engine(key, trust_remote_code).fidelity  # opened once per host
         if _fidelity.passes(figures, wanted, min_fidelity):
             before = f"; before it: {'; '.join(skipped)}" if skipped else ""
             return Choice(backend, "cpu", wanted, f"auto: {backend} {wanted}, the fastest installed CPU backend that "

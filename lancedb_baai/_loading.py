@@ -75,6 +75,15 @@ def load_exported(key: EngineKey, trust_remote_code: bool = False, min_fidelity:
     return engine
 
 
+def recorded_fidelity(key: EngineKey) -> dict | None:
+    """The figures this host recorded for ``key``'s export, read without opening it (None: not gated yet)."""
+    path = _hub.resolve(key.model, key.revision)
+    directory = _export.export_dir(key, {"model": key.model, **_fingerprint.weights(path)})
+    if _export.manifest(directory) is None:
+        return None
+    return _fidelity.recorded(directory, key.dtype)
+
+
 def gated_engine(key: EngineKey, trust_remote_code: bool = False) -> Any:
     """The exported engine of ``key`` with its fidelity figures, whatever they are (no verdict)."""
     from ._runtime import open_export

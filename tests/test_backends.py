@@ -471,3 +471,21 @@ def test_info_lists_the_exports_with_their_figures(sharp_cross_encoder):
     assert report["backends"]["installed"] == {"onnx": True, "openvino": True}
     assert report["backends"]["auto_order"][-1] == "torch auto dtype"
     assert "exports on this machine" in cli._format_report(report)
+
+
+def test_auto_opens_a_gated_export_once(sharp_st_model, monkeypatch):
+    from lancedb_baai import _runtime
+
+    BAAIEmbeddings(name=str(sharp_st_model), backend="openvino").engine()  # exported, gated, recorded
+    lancedb_baai.release()
+    monkeypatch.delenv(_backends.BACKEND_ENV, raising=False)
+    opened, real = [], _runtime.open_export
+    monkeypatch.setattr(_runtime, "open_export", lambda *a, **k: opened.append(a[0]) or real(*a, **k))
+    _backends._choose.cache_clear()
+    try:
+        fn = BAAIEmbeddings(name=str(sharp_st_model))
+        fn.generate_embeddings(TEXTS)
+        assert fn.engine_key().backend in EXPORTED
+    finally:
+        _backends._choose.cache_clear()
+    assert len(opened) == 1, opened  # "auto" read the recorded figures; only the cache opened it
