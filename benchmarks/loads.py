@@ -54,9 +54,15 @@ def main() -> int:
 
 
 def make_function(which: str, model_dir: str, **options: Any) -> Any:
-    """A function object as users create it from LanceDB's registry."""
+    """A function object as users create it from LanceDB's registry.
+
+    ``local-baai`` runs on torch here, like the built-in: loads are counted as
+    sentence-transformers constructions, which an ONNX Runtime / OpenVINO engine does not make.
+    """
     from lancedb.embeddings import get_registry
 
+    if which == OURS:
+        options = {"backend": "torch", **options}
     return get_registry().get(which).create(name=model_dir, device="cpu", **options)
 
 
