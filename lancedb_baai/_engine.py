@@ -128,14 +128,21 @@ class BAAIRerankEngine(_TorchEngine):
         return out
 
     def _cap_query(self, query: str) -> str:
-        """Cut a very long query to 3/4 of max_length tokens, as FlagReranker does."""
-        cap = self.max_length * 3 // 4
         with self._tokenizer_lock:
             enc = self.tokenizer(query, add_special_tokens=False, return_offsets_mapping=True)
-        offsets = enc["offset_mapping"]
-        if len(offsets) <= cap:
-            return query
-        return query[: offsets[cap - 1][1]]
+        return cap_query(query, enc["offset_mapping"], self.max_length)
+
+
+def cap_query(query: str, offsets: Sequence[tuple[int, int]], max_length: int) -> str:
+    """Cut a very long query to 3/4 of ``max_length`` tokens (``offsets``: its tokens' spans), as FlagReranker does.
+
+    Shared by the torch and the exported rerank engines, whose tokenizers differ in how
+    they report the spans.
+    """
+    cap = max_length * 3 // 4
+    if len(offsets) <= cap:
+        return query
+    return query[: offsets[cap - 1][1]]
 
 
 def native_max_length(config: Any, tokenizer: Any) -> int:

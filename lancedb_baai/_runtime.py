@@ -22,6 +22,7 @@ import numpy as np
 from . import _progress
 from ._batching import pass_cost, plan_batches
 from ._device import THREADS_ENV
+from ._engine import cap_query
 
 if TYPE_CHECKING:
     from ._cache import EngineKey
@@ -226,13 +227,9 @@ class ExportedRerankEngine(_ExportedEngine):
         return out
 
     def _cap_query(self, query: str) -> str:
-        """Cut a very long query to 3/4 of max_length tokens, as FlagReranker does."""
-        cap = self.max_length * 3 // 4
         with self._tokenizer_lock:
             offsets = self._counter.encode(query, add_special_tokens=False).offsets
-        if len(offsets) <= cap:
-            return query
-        return query[: offsets[cap - 1][1]]
+        return cap_query(query, offsets, self.max_length)
 
 
 ENGINES: dict[str, type[_ExportedEngine]] = {"embed": ExportedEmbeddingEngine, "rerank": ExportedRerankEngine}
