@@ -57,7 +57,7 @@ def parse_args(name: str, doc: str | None, add: Callable[[argparse.ArgumentParse
 
 def print_table(title: str, rows: list[dict[str, Any]], columns: list[tuple[str, str, str]]) -> str:
     """Print ``rows`` under ``title`` as an aligned text table; ``columns`` are (key, header, format spec)."""
-    from lancedb_baai._report import text_table
+    from lancedb_baai.engines.report import text_table
 
     table = text_table(rows, [key for key, _, _ in columns], headers=[header for _, header, _ in columns],
                        formats={key: spec for key, _, spec in columns if spec})
@@ -143,7 +143,7 @@ def package_version(dist: str) -> str | None:
 def machine_info(**dtypes_used: Any) -> dict[str, Any]:
     """CPU, cores, library versions and thread settings of this run, plus the dtypes it used."""
     import torch
-    from lancedb_baai._device import cpu_bf16_report
+    from lancedb_baai.runtimes.device import cpu_bf16_report
 
     info = {
         "cpu_model": cpu_model(),
@@ -443,7 +443,7 @@ def contender_option(parser: argparse.ArgumentParser) -> None:
 
 def pick_contenders(spec: str | None, quick: bool) -> tuple[list[Contender], list[dict[str, Any]]]:
     """The contenders to run and the ones skipped here (with why): bf16 needs native bf16 in OpenVINO."""
-    from lancedb_baai import _backends
+    from lancedb_baai.engines import choice as _backends
 
     if spec in (None, ""):
         wanted = set(QUICK_CONTENDERS if quick else (c.key for c in CONTENDERS))
@@ -464,7 +464,7 @@ def pick_contenders(spec: str | None, quick: bool) -> tuple[list[Contender], lis
         if backend in _backends.RUNTIMES and not _backends.installed(backend):
             why = f"{_backends.RUNTIMES[backend]} is not installed ({_backends.extra(backend)})"
         elif contender.options and contender.options.get("precision") == "bf16" and not _backends.openvino_bf16():
-            from lancedb_baai._device import cpu_bf16_report
+            from lancedb_baai.runtimes.device import cpu_bf16_report
 
             why = f"no native bf16 in OpenVINO on this CPU ({cpu_bf16_report().reason()})"
         if why:

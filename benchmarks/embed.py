@@ -271,7 +271,7 @@ class EmbedBench:
 
     def rows(self, timings: _common.Timings, peaks: dict[str, float], fidelity: dict[str, Any],
              latency: dict[str, dict[str, float]], cold: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-        from lancedb_baai import _fidelity
+        from lancedb_baai.models import fidelity as _fidelity
 
         flops = self.shape.flops(self.lengths)
         base = len(self.texts) / timings.median(BUILTIN)

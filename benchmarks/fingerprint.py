@@ -23,7 +23,7 @@ from pathlib import Path
 
 import _common
 
-from lancedb_baai import _fingerprint
+from lancedb_baai.models import fingerprint as _fingerprint
 
 MIB = 1 << 20
 

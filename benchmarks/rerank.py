@@ -200,7 +200,7 @@ class RerankBench:
                 "spearman_fp32_vs_cross_encoder_min": float(np.min(per[THEIRS]))}
 
     def rows(self, latency: dict[int, dict[str, Any]], fidelity: dict[str, Any]) -> list[dict[str, Any]]:
-        from lancedb_baai import _fidelity
+        from lancedb_baai.models import fidelity as _fidelity
 
         rows = []
         for key in self.rerankers:

@@ -6,7 +6,7 @@ One LanceDB table gets two embedding columns from the same text: ``vector`` (the
 vector, ``local-baai``) and ``colbert`` (one vector per token, ``local-baai-m3-colbert``).
 Both come out of one bge-m3 forward pass per batch. The script then runs a dense search,
 a multi-vector (MaxSim) search and a hybrid (dense + full-text) search reranked with
-:class:`~lancedb_baai.m3.BGEM3Reranker`.
+:class:`~lancedb_baai.BGEM3Reranker`.
 
 Without BAAI/bge-m3 in the local Hugging Face cache it builds a tiny random m3-shaped
 model instead and says so: every code path is the real one, the rankings are noise.
@@ -26,7 +26,7 @@ from lancedb.pydantic import LanceModel, MultiVector, Vector
 
 import lancedb_baai
 from lancedb_baai import testing
-from lancedb_baai.m3 import BGEM3Reranker, fill_multivectors
+from lancedb_baai import BGEM3Reranker, fill_multivectors
 
 
 def pick_model(name: str, workdir: Path, tiny: bool) -> str:

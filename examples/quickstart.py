@@ -19,7 +19,7 @@ from lancedb.index import FTS
 from lancedb.pydantic import LanceModel, Vector
 
 import lancedb_baai
-from lancedb_baai import _hub
+from lancedb_baai.models import hub as _hub
 from lancedb_baai.testing import python_reference_paragraphs
 
 QUERIES = ["how do I catch exceptions in python", "what does the with statement do", "sort a list by a key"]

@@ -7,16 +7,16 @@ model is first used. Models live in a per-process cache and load once per proces
 
 from __future__ import annotations
 
-from ._cache import CACHE as _CACHE
-from ._trust import allow_remote_code, allow_url
-from ._report import CacheInfo
+from .engines.cache import CACHE as _CACHE
+from .models.trust import allow_remote_code, allow_url
+from .engines.report import CacheInfo
 from ._version import __version__
-from .drift import EmbeddingDriftError, describe
-from .embeddings import BAAIEmbeddings
+from .functions.drift import EmbeddingDriftError, describe
+from .functions.embeddings import BAAIEmbeddings
 from .lifecycle import loaded, preload, release, rollback, swap
-from .m3 import BGEM3ColbertEmbeddings, BGEM3Embeddings, BGEM3Reranker, fill_multivectors, sparse_column
-from .reembed import fill_missing, reembed, rollback_reembed
-from .reranker import BAAIRerankFunction, BAAIReranker
+from .functions.m3 import BGEM3ColbertEmbeddings, BGEM3Embeddings, BGEM3Reranker, fill_multivectors, sparse_column
+from .tables.reembed import fill_missing, reembed, rollback_reembed
+from .functions.reranker import BAAIRerankFunction, BAAIReranker
 
 
 

@@ -26,9 +26,11 @@ import typer
 
 import lancedb_baai
 
-from . import _backends, _catalog, _device, _export, _fidelity, _hub, _progress
-from ._inputs import check_query
-from ._report import text_table
+from .engines import choice as _backends, progress as _progress
+from .models import catalog as _catalog, exports as _export, fidelity as _fidelity, hub as _hub
+from .runtimes import device as _device
+from .functions.inputs import check_query
+from .engines.report import text_table
 
 CHUNK = 256
 """Texts per model call in ``embed``/``rerank``: output streams out chunk by chunk."""
@@ -387,7 +389,7 @@ def embed(
 
     Example: `cut -f2 docs.tsv | lancedb-baai embed -m BAAI/bge-small-en-v1.5 > vectors.jsonl`
     """
-    from .embeddings import BAAIEmbeddings
+    from .functions.embeddings import BAAIEmbeddings
 
     with _errors(_offline_hint):
         fn = BAAIEmbeddings(name=model, device=device, dtype=dtype, backend=backend, precision=precision,
@@ -422,7 +424,7 @@ def rerank(
 
     Example: `grep -i lambda notes.txt | lancedb-baai rerank -q "anonymous functions" --sort | head -3`
     """
-    from .reranker import BAAIRerankFunction
+    from .functions.reranker import BAAIRerankFunction
 
     with _errors(_offline_hint):
         fn = BAAIRerankFunction(name=model, device=device, dtype=dtype, backend=backend, precision=precision,
@@ -611,7 +613,7 @@ def reembed(
             result = lancedb_baai.reembed(opened, function, column=column, source=source, batch_size=batch_size,
                                           drop_old=drop_old, ray_actors=ray_actors)
         elif drop_old:
-            from .reembed import drop_kept
+            from .tables.reembed import drop_kept
 
             result = {"status": "dropped", "dropped": drop_kept(opened, column)}
         else:

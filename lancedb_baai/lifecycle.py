@@ -7,9 +7,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, Literal
 
-from . import _hub
-from ._cache import CACHE, EngineKey
-from ._config import EngineConfig
+from .models import hub as _hub
+from .engines.cache import CACHE, EngineKey
+from .functions.config import EngineConfig
 
 logger = logging.getLogger(__name__)
 
@@ -17,12 +17,12 @@ EngineKind = Literal["embed", "rerank", "m3"]
 
 
 def _config_class(kind: str) -> type[EngineConfig]:
-    from .embeddings import BAAIEmbeddings
-    from .reranker import BAAIRerankFunction
+    from .functions.embeddings import BAAIEmbeddings
+    from .functions.reranker import BAAIRerankFunction
 
     classes: dict[str, type[EngineConfig]] = {"embed": BAAIEmbeddings, "rerank": BAAIRerankFunction}
     if kind == "m3":
-        from .m3 import BGEM3Embeddings
+        from .functions.m3 import BGEM3Embeddings
 
         classes["m3"] = BGEM3Embeddings
     if kind not in classes:

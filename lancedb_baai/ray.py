@@ -33,13 +33,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ._arrow import vector_array
-from ._cache import CACHE
-from ._checkpoint import Checkpoint
-from ._config import EngineConfig
-from ._switch import Chunk, Plan, embed_chunk
-from .embeddings import BAAIEmbeddings
-from .reranker import BAAIRerankFunction
+from .functions.arrow import vector_array
+from .engines.cache import CACHE
+from .tables.checkpoint import Checkpoint
+from .functions.config import EngineConfig
+from .tables.switch import Chunk, Plan, embed_chunk
+from .functions.embeddings import BAAIEmbeddings
+from .functions.reranker import BAAIRerankFunction
 
 if TYPE_CHECKING:
     import ray.data

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ._loading import quiet_transformers
+from .engines.factory import quiet_transformers
 
 _WORDS = (
     "the a an of and to in is it for on with as by at from or not be are this that "

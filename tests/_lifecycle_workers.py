@@ -30,7 +30,7 @@ def fake_hub_download(source: str, log: str, delay: float):
     """A slow stand-in for the hub download: writes a hub-cache snapshot of ``source``."""
 
     def download(name: str, revision: str | None) -> Path:
-        from lancedb_baai import _hub
+        from lancedb_baai.models import hub as _hub
 
         with open(log, "a", encoding="utf-8") as f:
             f.write(f"{os.getpid()}\n")
@@ -48,7 +48,7 @@ def fake_hub_download(source: str, log: str, delay: float):
 
 def resolve_with_fake_download(name: str, source: str, log: str, delay: float, start_at: float) -> str:
     """Resolve a hub id in this process with the fake downloader; return the directory found."""
-    from lancedb_baai import _hub
+    from lancedb_baai.models import hub as _hub
 
     _hub._download = fake_hub_download(source, log, delay)
     time.sleep(max(0.0, start_at - time.time()))

@@ -132,7 +132,7 @@ def minilm():
 @pytest.fixture(autouse=True)
 def _clean_cache():
     """Each test starts and ends with an empty engine cache in this process."""
-    import lancedb_baai._cache as cache
+    import lancedb_baai.engines.cache as cache
 
     def empty() -> None:
         # release() ends with a full gc.collect(), about a second on this suite's heap; here the

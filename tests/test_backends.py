@@ -16,7 +16,9 @@ import numpy as np
 import pytest
 
 import lancedb_baai
-from lancedb_baai import BAAIEmbeddings, BAAIRerankFunction, _backends, _export, _fidelity
+from lancedb_baai import BAAIEmbeddings, BAAIRerankFunction
+from lancedb_baai.engines import choice as _backends
+from lancedb_baai.models import exports as _export, fidelity as _fidelity
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("openvino")
@@ -155,7 +157,7 @@ def test_the_gate_refuses_a_broken_quantization(sharp_st_model, monkeypatch, tmp
 
 
 def _weights(model) -> str:
-    from lancedb_baai import _fingerprint
+    from lancedb_baai.models import fingerprint as _fingerprint
 
     return _fingerprint.weights(Path(model))["weights"]
 
@@ -301,7 +303,7 @@ def test_a_corrupt_export_is_built_again(sharp_plain_model, tmp_path, monkeypatc
     graph = directory / "model.onnx"
     graph.write_bytes(graph.read_bytes()[: graph.stat().st_size // 2])  # a partial write
     assert _export.manifest(directory) is None
-    with caplog.at_level("WARNING", logger="lancedb_baai._export"):
+    with caplog.at_level("WARNING", logger="lancedb_baai.models.exports"):
         again = np.array(BAAIEmbeddings(name=str(sharp_plain_model), backend="onnx").generate_embeddings(TEXTS))
     assert "building it again" in caplog.text
     assert np.abs(again - expected).max() <= 1e-6 and _export.manifest(directory) is not None
@@ -473,7 +475,7 @@ def test_info_lists_the_exports_with_their_figures(sharp_cross_encoder):
 
 
 def test_auto_opens_a_gated_export_once(sharp_st_model, monkeypatch):
-    from lancedb_baai import _runtime
+    from lancedb_baai.runtimes import exported as _runtime
 
     BAAIEmbeddings(name=str(sharp_st_model), backend="openvino").engine()  # exported, gated, recorded
     lancedb_baai.release()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lancedb_baai._batching import MAX_BATCH_TOKENS, pass_cost, plan_batches
+from lancedb_baai.engines.batching import MAX_BATCH_TOKENS, pass_cost, plan_batches
 
 
 def _padded(batches: list[np.ndarray], lengths: list[int]) -> int:

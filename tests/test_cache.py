@@ -16,7 +16,7 @@ import pytest
 from lancedb.embeddings import get_registry
 
 import lancedb_baai
-from lancedb_baai._cache import EngineCache, EngineKey
+from lancedb_baai.engines.cache import EngineCache, EngineKey
 
 import _workers
 from _tables import text_table
@@ -289,7 +289,7 @@ def test_import_is_light():
         "from lancedb.embeddings import get_registry\n"
         "fn = get_registry().get('local-baai').create(name='BAAI/bge-small-en-v1.5', device='cpu')\n"
         "rr = get_registry().get('local-baai-rerank').create(name='BAAI/bge-reranker-base')\n"
-        "import lancedb_baai.serve, lancedb_baai.serve.client\n"
+        "import lancedb_baai.serve, lancedb_baai.runtimes.remote\n"
         "heavy = ('torch', 'transformers', 'sentence_transformers', 'FlagEmbedding', 'fastapi', 'uvicorn',\n"
         "         'starlette', 'prometheus_client')\n"
         "print(json.dumps({'dims': fn.ndims(), 'info': lancedb_baai.cache_info(),\n"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from lancedb_baai import _catalog
-from lancedb_baai._catalog import CATALOG, EN_INSTRUCTION, ZH_INSTRUCTION
+from lancedb_baai.models import catalog as _catalog
+from lancedb_baai.models.catalog import CATALOG, EN_INSTRUCTION, ZH_INSTRUCTION
 
 # Published widths of the bge models (their config.json hidden_size).
 PUBLISHED_DIMS = {

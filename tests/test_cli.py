@@ -15,7 +15,9 @@ import pytest
 from typer.testing import CliRunner
 
 import lancedb_baai
-from lancedb_baai import BAAIEmbeddings, BAAIRerankFunction, _catalog, _device, _hub, cli
+from lancedb_baai import BAAIEmbeddings, BAAIRerankFunction, cli
+from lancedb_baai.models import catalog as _catalog, hub as _hub
+from lancedb_baai.runtimes import device as _device
 
 COMMANDS = ("info", "download", "embed", "rerank", "bench")
 PASSAGES = ["a lambda is an anonymous function", "lists sort in place with sort", "import a module by name"]
@@ -164,12 +166,12 @@ def test_download_offline_fails_with_a_clear_message(run, empty_hub):
 def test_verbose_logs_model_loads(run, st_model):
     result = run("--verbose", "embed", "-m", str(st_model), input="x\n")
     assert result.exit_code == 0, result.output
-    assert f"lancedb_baai._loading: loaded embed model {st_model}" in result.stderr
+    assert f"lancedb_baai.engines.factory: loaded embed model {st_model}" in result.stderr
     lancedb_baai.release()
     before = lancedb_baai.load_count()
     quiet = run("embed", "-m", str(st_model), input="x\n")
     assert quiet.exit_code == 0 and lancedb_baai.load_count() == before + 1  # loaded again, silently
-    assert "lancedb_baai._loading" not in quiet.stderr
+    assert "lancedb_baai.engines.factory" not in quiet.stderr
 
 
 def test_verbose_shows_the_traceback(run, empty_hub):

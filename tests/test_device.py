@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 import lancedb_baai
-from lancedb_baai import _device
+from lancedb_baai.runtimes import device as _device
 from lancedb_baai.cli import app
 
 # What a fresh process decides: on this host as it is, and on this host with native bf16

@@ -13,7 +13,7 @@ from lancedb.pydantic import LanceModel, Vector
 
 import lancedb_baai
 from lancedb_baai import EmbeddingDriftError, testing
-from lancedb_baai._config import METADATA_KEY
+from lancedb_baai.functions.config import METADATA_KEY
 
 from _tables import text_table
 

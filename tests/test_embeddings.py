@@ -12,8 +12,9 @@ from lancedb.embeddings import EmbeddingFunctionConfig, get_registry
 from lancedb.pydantic import LanceModel, Vector
 
 import lancedb_baai
-from lancedb_baai import BAAIEmbeddings, _hub, testing
-from lancedb_baai._catalog import EN_INSTRUCTION, ZH_INSTRUCTION
+from lancedb_baai import BAAIEmbeddings, testing
+from lancedb_baai.models import hub as _hub
+from lancedb_baai.models.catalog import EN_INSTRUCTION, ZH_INSTRUCTION
 
 TEXTS = [
     "hello world",

@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from lancedb_baai import BAAIEmbeddings, testing
-from lancedb_baai._fingerprint import _weight_ranges, differences, hub_revision, pooling, weights, weights_digest
+from lancedb_baai.models.fingerprint import _weight_ranges, differences, hub_revision, pooling, weights, weights_digest
 
 MIB = 1 << 20
 

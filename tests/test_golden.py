@@ -14,7 +14,7 @@ import pytest
 from lancedb.embeddings import get_registry
 
 from lancedb_baai import BAAIEmbeddings
-from lancedb_baai.m3 import BGEM3Embeddings
+from lancedb_baai.functions.m3 import BGEM3Embeddings
 
 _SPEC = importlib.util.spec_from_file_location("golden_regenerate", Path(__file__).parent / "golden" / "regenerate.py")
 G = importlib.util.module_from_spec(_SPEC)

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from lancedb_baai import _hub
-from lancedb_baai._hub import ModelNotAvailableError
+from lancedb_baai.models import hub as _hub
+from lancedb_baai.models.hub import ModelNotAvailableError
 
 
 @pytest.fixture

@@ -17,8 +17,8 @@ from lancedb.pydantic import LanceModel, Vector
 
 import lancedb
 import lancedb_baai
-from lancedb_baai import _hub, _trust
-from lancedb_baai._config import METADATA_KEY
+from lancedb_baai.models import hub as _hub, trust as _trust
+from lancedb_baai.functions.config import METADATA_KEY
 
 
 @pytest.fixture
@@ -87,7 +87,7 @@ def test_loads_are_quiet_and_log_one_line(capfd, caplog, plain_model, cross_enco
         lancedb_baai.BAAIRerankFunction(name=str(cross_encoder)).score("q", ["x"])
     err = capfd.readouterr().err
     assert "Loading weights" not in err and "LOAD REPORT" not in err and "%|" not in err
-    loads = [r.getMessage() for r in caplog.records if r.name == "lancedb_baai._loading"]
+    loads = [r.getMessage() for r in caplog.records if r.name == "lancedb_baai.engines.factory"]
     assert len(loads) == 2
     assert loads[0].startswith(f"loaded embed model {plain_model} on cpu as ") and loads[0].endswith("s")
 

@@ -19,17 +19,8 @@ from lancedb.pydantic import LanceModel, MultiVector, Vector
 import lancedb
 import lancedb_baai
 from lancedb_baai import lifecycle, testing
-from lancedb_baai._batching import pass_cost, plan_batches
-from lancedb_baai.m3 import (
-    SPARSE_TYPE,
-    BGEM3ColbertEmbeddings,
-    BGEM3Embeddings,
-    BGEM3Reranker,
-    colbert_column,
-    fill_multivectors,
-    maxsim_score,
-    sparse_column,
-)
+from lancedb_baai.engines.batching import pass_cost, plan_batches
+from lancedb_baai.functions.m3 import SPARSE_TYPE, BGEM3ColbertEmbeddings, BGEM3Embeddings, BGEM3Reranker, colbert_column, fill_multivectors, maxsim_score, sparse_column
 
 OPTIONS = {"device": "cpu", "dtype": "float32", "batch_size": 4}
 TOL = 1e-4
@@ -340,7 +331,7 @@ def test_preload_release_and_swap(m3_model, other_m3_model):
 
 
 def test_import_does_not_load_torch():
-    code = "import sys, lancedb_baai, lancedb_baai.m3; assert 'torch' not in sys.modules, 'torch imported'"
+    code = "import sys, lancedb_baai, lancedb_baai.functions.m3; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
 

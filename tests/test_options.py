@@ -12,7 +12,7 @@ from lancedb.pydantic import LanceModel, Vector
 import lancedb
 import lancedb_baai
 from lancedb_baai import BAAIReranker, BGEM3Embeddings, BGEM3Reranker
-from lancedb_baai._config import METADATA_KEY
+from lancedb_baai.functions.config import METADATA_KEY
 
 REGISTERED = ("local-baai", "local-baai-rerank", "local-baai-m3-colbert")
 

@@ -13,7 +13,8 @@ import threading
 import pytest
 import tqdm.auto
 
-from lancedb_baai import BAAIEmbeddings, BAAIRerankFunction, _progress
+from lancedb_baai import BAAIEmbeddings, BAAIRerankFunction
+from lancedb_baai.engines import progress as _progress
 
 MANY = _progress.AUTO_MIN_TEXTS
 SOME = max(_progress.TINY_CALL, 40)

@@ -18,17 +18,7 @@ from lancedb.pydantic import LanceModel, Vector
 
 import lancedb_baai
 from lancedb_baai import testing
-from lancedb_baai.ray import (
-    DEBUG_COLUMNS,
-    BAAIEmbedBatches,
-    BAAIRerankBatches,
-    BadRowError,
-    actor_options,
-    embed_to_lance,
-    read_source,
-    require_ray,
-    target_schema,
-)
+from lancedb_baai.ray import DEBUG_COLUMNS, BAAIEmbedBatches, BAAIRerankBatches, BadRowError, actor_options, embed_to_lance, read_source, require_ray, target_schema
 
 ROOT = Path(__file__).resolve().parents[1]
 CHILD_TIMEOUT = 240
@@ -355,7 +345,7 @@ def test_benchmark_quick_run(ray_session, tmp_path):
 @pytest.mark.timeout(300)
 def test_reembed_on_ray_actors_resumes_what_a_local_run_left(ray_session, st_model, sharp_st_model, tmp_path,
                                                               monkeypatch):
-    from lancedb_baai import _switch
+    from lancedb_baai.tables import switch as _switch
 
     fn, new = make(st_model), make(sharp_st_model)
 
@@ -375,7 +365,7 @@ def test_reembed_on_ray_actors_resumes_what_a_local_run_left(ray_session, st_mod
         done.append(local(*args))
         return done[-1]
 
-    monkeypatch.setattr(sys.modules["lancedb_baai.reembed"], "embed_chunk", dies_after_two)
+    monkeypatch.setattr(sys.modules["lancedb_baai.tables.reembed"], "embed_chunk", dies_after_two)
     with pytest.raises(KeyboardInterrupt):
         lancedb_baai.reembed(table, new, batch_size=8, checkpoint=tmp_path / "ck")
     monkeypatch.undo()

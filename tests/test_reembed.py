@@ -17,8 +17,9 @@ from lancedb.embeddings import TextEmbeddingFunction, get_registry, register
 from lancedb.pydantic import LanceModel, Vector
 
 import lancedb_baai
-from lancedb_baai import _switch, testing
-from lancedb_baai.reembed import drop_kept
+from lancedb_baai.tables import switch as _switch
+from lancedb_baai import testing
+from lancedb_baai.tables.reembed import drop_kept
 
 from _tables import keyed_table, text_table
 

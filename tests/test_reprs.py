@@ -10,7 +10,7 @@ import pytest
 
 import lancedb_baai
 from lancedb_baai import BAAIEmbeddings, BAAIReranker, BAAIRerankFunction
-from lancedb_baai._report import CacheInfo, html_table, text_table
+from lancedb_baai.engines.report import CacheInfo, html_table, text_table
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ import pytest
 
 pytest.importorskip("fastapi")
 
-from lancedb_baai import _cache  # noqa: E402
+from lancedb_baai.engines import cache as _cache  # noqa: E402
 from lancedb_baai.serve._admin import Admin  # noqa: E402
 from lancedb_baai.serve._service import Service  # noqa: E402
 from lancedb_baai.serve._settings import ModelOptions, ServeConfig  # noqa: E402

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 import lancedb_baai
-from lancedb_baai import BAAIEmbeddings, _hub, _trust
+from lancedb_baai import BAAIEmbeddings
+from lancedb_baai.models import hub as _hub, trust as _trust
 
 
 @pytest.fixture(autouse=True)

@@ -19,7 +19,8 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from typing import Any
 
-from .. import _cache, _hub
+from ..engines import cache as _cache
+from ..models import hub as _hub
 from ._service import HISTORY_DEPTH, Current, ServedModel, ServeError, Service
 from ._settings import ModelOptions
 from . import _tables

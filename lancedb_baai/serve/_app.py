@@ -25,7 +25,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .._inputs import check_query, check_texts
+from ..functions.inputs import check_query, check_texts
 from .._version import __version__
 from ._admin import Admin
 from ._batcher import Closed, Overloaded, TooLong

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from .._batching import MAX_BATCH_TOKENS
+from ..engines.batching import MAX_BATCH_TOKENS
 
 logger = logging.getLogger(__name__)
 

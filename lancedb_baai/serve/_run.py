@@ -10,7 +10,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from .._device import THREADS_ENV
+from ..runtimes.device import THREADS_ENV
 from ._metrics import MULTIPROC_ENV, worker_exited
 from ._settings import ServeConfig
 

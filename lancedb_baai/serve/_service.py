@@ -24,7 +24,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
-from .. import _cache, _hub
+from ..engines import cache as _cache
+from ..models import hub as _hub
 from ._batcher import Batcher, Job
 from ._metrics import Metrics
 from ._settings import ModelOptions, ServeConfig
@@ -315,10 +316,10 @@ class Service:
 
 def _function(kind: str) -> type:
     if kind == "embed":
-        from ..embeddings import BAAIEmbeddings
+        from ..functions.embeddings import BAAIEmbeddings
 
         return BAAIEmbeddings
-    from ..reranker import BAAIRerankFunction
+    from ..functions.reranker import BAAIRerankFunction
 
     return BAAIRerankFunction
 

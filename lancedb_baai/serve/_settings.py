@@ -13,7 +13,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
-from .._config import EngineOptions, PathStr
+from ..functions.config import EngineOptions, PathStr
 
 ADMIN_TOKEN_ENV = "LANCEDB_BAAI_ADMIN_TOKEN"
 """The environment variable the CLI reads the admin token from (never a command-line option)."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from .. import _fingerprint
+from ..models import fingerprint as _fingerprint
 
 logger = logging.getLogger(__name__)
 

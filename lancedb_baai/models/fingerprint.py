@@ -25,7 +25,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from . import _hub
+from . import hub as _hub
 
 COMPARED = ("weights", "pooling", "output", "dims", "normalize", "query_instruction")
 """Fingerprint fields that must match for stored vectors and new queries to be comparable."""

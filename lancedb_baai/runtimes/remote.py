@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from .. import _trust
+from ..models import trust as _trust
 
 CHUNK = 256
 """Texts per request: within the server's default limit of 512 (``--max-texts``)."""

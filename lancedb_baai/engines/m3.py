@@ -19,12 +19,12 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from ._catalog import HEAD_FILES
-from ._hub import WrongModelError
-from ._engine import BAAIEmbeddingEngine, native_max_length
+from ..models.catalog import HEAD_FILES
+from ..models.hub import WrongModelError
+from .torch_engines import BAAIEmbeddingEngine, native_max_length
 
 if TYPE_CHECKING:
-    from ._cache import EngineKey
+    from .cache import EngineKey
 
 Output = Literal["dense", "sparse", "colbert"]
 OUTPUTS: tuple[Output, ...] = ("dense", "sparse", "colbert")

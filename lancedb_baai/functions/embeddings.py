@@ -7,10 +7,11 @@ from collections.abc import Sequence
 import numpy as np
 from lancedb.embeddings import TextEmbeddingFunction, register
 
-from . import _catalog, _progress
-from ._backends import EXPORTED
-from ._config import EmbedderConfig
-from ._inputs import NoRetry, check_queries, check_texts
+from ..models import catalog as _catalog
+from ..engines import progress as _progress
+from ..engines.choice import EXPORTED
+from .config import EmbedderConfig
+from .inputs import NoRetry, check_queries, check_texts
 
 
 @register("local-baai")
@@ -70,7 +71,7 @@ class BAAIEmbeddings(NoRetry, EmbedderConfig, TextEmbeddingFunction):
     def ndims(self) -> int:
         """Vector width, from the catalog or the model's config files: no weights are loaded."""
         if self.url:
-            from .serve import client
+            from ..runtimes import remote as client
 
             return client.model(self.url, self.name, "embed", self.api_key)["dims"]
         return _catalog.vector_dims(self.name, self.revision)
@@ -107,7 +108,7 @@ class BAAIEmbeddings(NoRetry, EmbedderConfig, TextEmbeddingFunction):
 
     def _embed(self, texts: list[str]) -> list[np.ndarray]:
         if self.url:
-            from .serve import client
+            from ..runtimes import remote as client
 
             return list(client.embed(self.url, self.name, texts, normalize=self.normalize, api_key=self.api_key))
         progress = _progress.wanted(self.show_progress, len(texts))

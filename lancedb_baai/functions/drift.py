@@ -17,8 +17,8 @@ import logging
 import os
 from typing import Any
 
-from . import _fingerprint
-from ._report import TableModels
+from ..models import fingerprint as _fingerprint
+from ..engines.report import TableModels
 
 logger = logging.getLogger(__name__)
 

@@ -24,10 +24,11 @@ from typing import Any
 
 import pyarrow as pa
 
-from . import _fingerprint, _progress
-from ._checkpoint import Checkpoint
-from ._config import METADATA_KEY, EmbedderConfig
-from ._switch import KEPT_KEY, Plan, chunks, commit, embed_chunk, embedded_array, write_fragments
+from ..models import fingerprint as _fingerprint
+from ..engines import progress as _progress
+from .checkpoint import Checkpoint
+from ..functions.config import METADATA_KEY, EmbedderConfig
+from .switch import KEPT_KEY, Plan, chunks, commit, embed_chunk, embedded_array, write_fragments
 
 logger = logging.getLogger(__name__)
 
@@ -281,7 +282,7 @@ def _embed(dataset: Any, work: list, plan: Plan, function: EmbedderConfig, ck: C
            ray_actors: int | None) -> int:
     """Every chunk's vectors, here or on Ray actors; how many texts were embedded."""
     if ray_actors:
-        from .ray import embed_chunks
+        from ..ray import embed_chunks
 
         return embed_chunks(dataset, work, plan, function, ck, ray_actors)
     rows = sum(c.rows for c in work)

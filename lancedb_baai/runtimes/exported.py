@@ -19,13 +19,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from . import _progress
-from ._batching import pass_cost, plan_batches
-from ._device import THREADS_ENV
-from ._engine import cap_query
+from ..engines import progress as _progress
+from ..engines.batching import pass_cost, plan_batches
+from .device import THREADS_ENV
+from ..engines.torch_engines import cap_query
 
 if TYPE_CHECKING:
-    from ._cache import EngineKey
+    from ..engines.cache import EngineKey
 
 _OV_PRECISION = {"float32": "f32", "bfloat16": "bf16", "int8": "f32"}  # int8: the graph carries it
 

@@ -17,7 +17,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from ._device import cpu_bf16_report, native_bf16_flags, resolve_device, resolve_dtype
+from ..runtimes.device import cpu_bf16_report, native_bf16_flags, resolve_device, resolve_dtype
 
 logger = logging.getLogger(__name__)
 
@@ -165,9 +165,9 @@ def candidates(kind: str, device: str, precision: str | None, dtype: str,
 
 def _auto(kind: str, model: str, revision: str | None, precision: str | None, dtype: str, device: str,
           trust_remote_code: bool, min_fidelity: float | None) -> Choice:
-    from . import _fidelity
-    from ._cache import EngineKey
-    from ._loading import gated_engine, recorded_fidelity
+    from ..models import fidelity as _fidelity
+    from .cache import EngineKey
+    from .factory import gated_engine, recorded_fidelity
 
     resolved = resolve_device(device)
     skipped: list[str] = []

@@ -12,7 +12,7 @@ import ipaddress
 import os
 from urllib.parse import urlsplit
 
-from . import _hub
+from . import hub as _hub
 
 ALLOW_REMOTE_CODE_ENV = "LANCEDB_BAAI_ALLOW_REMOTE_CODE"
 ALLOW_URLS_ENV = "LANCEDB_BAAI_ALLOW_URLS"

@@ -31,9 +31,9 @@ from typing import Any, NamedTuple
 import numpy as np
 import pyarrow as pa
 
-from . import _lance_schema
-from ._arrow import vector_array
-from ._checkpoint import Checkpoint
+from . import lance_schema as _lance_schema
+from ..functions.arrow import vector_array
+from .checkpoint import Checkpoint
 
 KEPT_KEY = b"lancedb_baai.kept"
 """Field metadata of a kept column: the vector column it was, its function entry, the version it was kept at."""

@@ -8,10 +8,10 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, BeforeValidator, Field, ValidationInfo, field_validator, model_validator
 
-from . import _fidelity, _fingerprint, _hub
-from ._backends import Choice, check_backend, check_precision, choose
-from ._cache import CACHE, EngineKey
-from ._device import check_device, check_dtype, dtype_decision
+from ..models import fidelity as _fidelity, fingerprint as _fingerprint, hub as _hub
+from ..engines.choice import Choice, check_backend, check_precision, choose
+from ..engines.cache import CACHE, EngineKey
+from ..runtimes.device import check_device, check_dtype, dtype_decision
 
 logger = logging.getLogger(__name__)
 
@@ -154,7 +154,7 @@ class EngineConfig(EngineOptions):
         return None
 
     def _load(self, key: EngineKey) -> Any:
-        from ._loading import load_engine
+        from ..engines.factory import load_engine
 
         engine = load_engine(key, self.trust_remote_code, show_progress=self.show_progress is True,
                              min_fidelity=self.min_fidelity)
@@ -186,7 +186,7 @@ class EngineConfig(EngineOptions):
 
     def provenance(self) -> dict[str, Any]:
         """Package version, and the backend, device and dtype this process embeds with (and why)."""
-        from ._version import __version__
+        from .._version import __version__
 
         if self.url:  # the server decides; this process has no torch to ask
             return {"version": __version__, "served_by": self.url}
@@ -252,7 +252,7 @@ class EmbedderConfig(EngineConfig):
 
     def fingerprint_of(self, engine: Any) -> dict[str, Any]:
         """The fingerprint of this function's vectors when made by ``engine`` (None: from the files)."""
-        from ._version import __version__
+        from .._version import __version__
 
         if engine is not None:
             weights, dims, dtype, backend = engine.weights, self._dims_of(engine), engine.key.dtype, engine.key.backend

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePath
 from typing import Literal
 
-from . import _hub
+from . import hub as _hub
 
 EN_INSTRUCTION = "Represent this sentence for searching relevant passages: "
 ZH_INSTRUCTION = "为这个句子生成表示以用于检索相关文章："

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._device import THREADS_ENV, dtype_reason
+from ..runtimes.device import THREADS_ENV, dtype_reason
 
 logger = logging.getLogger(__name__)
 

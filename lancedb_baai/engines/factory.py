@@ -15,13 +15,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import _export, _fidelity, _fingerprint, _hub, _trust
-from ._device import torch_dtype
-from ._engine import BAAIEmbeddingEngine, BAAIRerankEngine, _TorchEngine, native_max_length
-from ._m3_engine import load_m3_engine
+from ..models import exports as _export, fidelity as _fidelity, fingerprint as _fingerprint, hub as _hub, trust as _trust
+from ..runtimes.device import torch_dtype
+from .torch_engines import BAAIEmbeddingEngine, BAAIRerankEngine, _TorchEngine, native_max_length
+from .m3 import load_m3_engine
 
 if TYPE_CHECKING:
-    from ._cache import EngineKey
+    from .cache import EngineKey
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ def recorded_fidelity(key: EngineKey) -> dict | None:
 
 def gated_engine(key: EngineKey, trust_remote_code: bool = False) -> Any:
     """The exported engine of ``key`` with its fidelity figures, whatever they are (no verdict)."""
-    from ._runtime import open_export
+    from ..runtimes.exported import open_export
 
     if trust_remote_code:
         raise ValueError(f"backend={key.backend!r} cannot export a model that runs its own code "

@@ -10,9 +10,9 @@ import pyarrow as pa
 from lancedb.embeddings import EmbeddingFunction, register
 from lancedb.rerankers import Reranker
 
-from . import _progress
-from ._config import EngineConfig
-from ._inputs import NoRetry, check_query, check_texts
+from ..engines import progress as _progress
+from .config import EngineConfig
+from .inputs import NoRetry, check_query, check_texts
 
 ReturnScore = Literal["relevance", "all"]
 
@@ -56,7 +56,7 @@ class BAAIRerankFunction(NoRetry, EngineConfig, EmbeddingFunction):
         passages = check_texts(passages, "passage",
                                advice="A cross-encoder scores strings only: fill or drop such passages.")
         if self.url:
-            from .serve import client
+            from ..runtimes import remote as client
 
             return client.rerank(self.url, self.name, query, passages, raw_scores=not self.normalize,
                                  api_key=self.api_key).tolist()

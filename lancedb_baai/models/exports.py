@@ -27,10 +27,10 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from . import _fingerprint, _fidelity
+from . import fingerprint as _fingerprint, fidelity as _fidelity
 
 if TYPE_CHECKING:
-    from ._cache import EngineKey
+    from ..engines.cache import EngineKey
 
 logger = logging.getLogger(__name__)
 

@@ -13,11 +13,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from . import _progress
-from ._batching import pass_cost, plan_batches
+from . import progress as _progress
+from .batching import pass_cost, plan_batches
 
 if TYPE_CHECKING:
-    from ._cache import EngineKey
+    from .cache import EngineKey
 
 
 class _TorchEngine:

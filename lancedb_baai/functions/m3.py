@@ -24,11 +24,12 @@ import pyarrow as pa
 from lancedb.embeddings import TextEmbeddingFunction, register
 from pydantic import field_validator
 
-from . import _catalog, _hub, _progress
-from ._arrow import multivector_array
-from ._config import EmbedderConfig, EngineConfig
-from ._inputs import NoRetry, check_queries, check_query, check_texts
-from ._m3_engine import BGEM3Engine, M3Output, Output, colbert_dims_from_file, want_colbert_with_every_pass
+from ..models import catalog as _catalog, hub as _hub
+from ..engines import progress as _progress
+from .arrow import multivector_array
+from .config import EmbedderConfig, EngineConfig
+from .inputs import NoRetry, check_queries, check_query, check_texts
+from ..engines.m3 import BGEM3Engine, M3Output, Output, colbert_dims_from_file, want_colbert_with_every_pass
 from .reranker import BAAIReranker, ReturnScore, model_name_option
 
 __all__ = ["BGEM3ColbertEmbeddings", "BGEM3Embeddings", "BGEM3Reranker", "M3Output", "SPARSE_TYPE",
