@@ -443,7 +443,8 @@ def contender_option(parser: argparse.ArgumentParser) -> None:
 
 def pick_contenders(spec: str | None, quick: bool) -> tuple[list[Contender], list[dict[str, Any]]]:
     """The contenders to run and the ones skipped here (with why): bf16 needs native bf16 in OpenVINO."""
-    from lancedb_baai.engines import choice as _backends
+    from lancedb_baai.runtimes import base as _runtimes
+    from lancedb_baai.runtimes.openvino import native_bf16 as openvino_native_bf16
 
     if spec in (None, ""):
         wanted = set(QUICK_CONTENDERS if quick else (c.key for c in CONTENDERS))
@@ -461,9 +462,9 @@ def pick_contenders(spec: str | None, quick: bool) -> tuple[list[Contender], lis
             continue
         backend = (contender.options or {}).get("backend")
         why = None
-        if backend in _backends.RUNTIMES and not _backends.installed(backend):
-            why = f"{_backends.RUNTIMES[backend]} is not installed ({_backends.extra(backend)})"
-        elif contender.options and contender.options.get("precision") == "bf16" and not _backends.openvino_bf16():
+        if backend not in (None, "auto") and _runtimes.get(backend).missing() is not None:
+            why = _runtimes.get(backend).missing()
+        elif contender.options and contender.options.get("precision") == "bf16" and not openvino_native_bf16():
             from lancedb_baai.runtimes.device import cpu_bf16_report
 
             why = f"no native bf16 in OpenVINO on this CPU ({cpu_bf16_report().reason()})"

@@ -165,7 +165,7 @@ class EmbedBench:
                 choice = fn.backend_choice()
                 self.choices[key] = {"backend": choice.backend, "dtype": choice.dtype, "reason": choice.reason}
                 self.dtypes[key] = choice.dtype
-                self.gates[key] = getattr(fn.engine(), "fidelity", None)
+                self.gates[key] = fn.loaded().fidelity
             print(f"  first use: {self.labels[key]}: {self.first_use[key]:.1f}s -> "
                   f"{self.choices[key]['backend']} {self.choices[key]['dtype']}", flush=True)
 

@@ -138,7 +138,7 @@ class RerankBench:
             else:
                 choice = reranker.function.backend_choice()
                 self.choices[key] = {"backend": choice.backend, "dtype": choice.dtype, "reason": choice.reason}
-                self.gates[key] = getattr(reranker.function.engine(), "fidelity", None)
+                self.gates[key] = reranker.function.loaded().fidelity
             print(f"  first use: {self.labels[key]}: {self.first_use[key]:.1f}s -> "
                   f"{self.choices[key]['backend']} {self.choices[key]['dtype']}", flush=True)
 

@@ -26,9 +26,10 @@ import typer
 
 import lancedb_baai
 
-from .engines import choice as _backends, progress as _progress
+from .engines import choice as _choice, kinds, progress as _progress
 from .models import catalog as _catalog, exports as _export, fidelity as _fidelity, hub as _hub
-from .runtimes import device as _device
+from .runtimes import base as _runtimes, device as _device
+from .runtimes.openvino import native_bf16 as openvino_native_bf16
 from .functions.inputs import check_query
 from .engines.report import text_table
 
@@ -157,9 +158,9 @@ _DEVICE = typer.Option("auto", "--device", "-d", callback=_check(_device.check_d
                        help="auto, cpu, cuda, cuda:N or mps.")
 _DTYPE = typer.Option("auto", "--dtype", callback=_check(_device.check_dtype),
                       help="auto, float32, float16 or bfloat16.")
-_BACKEND = typer.Option("auto", "--backend", callback=_check(_backends.check_backend),
+_BACKEND = typer.Option("auto", "--backend", callback=_check(_choice.check_backend),
                         help="auto, torch, onnx or openvino (the CPU backends need the onnx / openvino extra).")
-_PRECISION = typer.Option(None, "--precision", callback=_check(_backends.check_precision),
+_PRECISION = typer.Option(None, "--precision", callback=_check(_choice.check_precision),
                           help="fp32, bf16 or int8 on onnx / openvino (default: the fastest faithful one here).")
 _BATCH = typer.Option(32, "--batch-size", min=1, help="Most texts per forward pass.")
 _PROGRESS = typer.Option(None, "--progress/--no-progress",
@@ -221,10 +222,11 @@ def host_report() -> dict[str, Any]:
 
 def _backend_report(device: str) -> dict[str, Any]:
     """What ``backend="auto"`` tries here, in order, and which runtimes are installed."""
-    order = _backends.candidates("embed", device, None, "auto")
-    return {"installed": {b: _backends.installed(b) for b in _backends.EXPORTED},
-            "openvino_bf16": _backends.openvino_bf16(), "native_bf16": list(_device.native_bf16_flags()),
-            "auto_order": [f"{b} {d or 'auto dtype'}" for b, d in order if _backends.installed(b)],
+    order = _choice.candidates("embed", device, None, "auto")
+    installed = {name: _runtimes.get(name).missing() is None for name in _runtimes.names()[1:]}
+    return {"installed": {name: ok for name, ok in installed.items() if name != "torch"},
+            "openvino_bf16": openvino_native_bf16(), "native_bf16": list(_device.native_bf16_flags()),
+            "auto_order": [f"{b} {d or 'auto dtype'}" for b, d in order if installed.get(b)],
             "export_cache": str(_export.cache_root())}
 
 
@@ -283,6 +285,41 @@ def info(as_json: bool = typer.Option(False, "--json", help="Print one JSON obje
             return
         report = host_report()
         typer.echo(json.dumps(report, indent=2) if as_json else _format_report(report))
+
+
+# -------------------------------------------------------------------------------------- export
+
+@app.command()
+def export(
+    name: str = typer.Argument(..., help="Hub id or local model directory."),
+    backend: str = _BACKEND,
+    precision: Optional[str] = _PRECISION,
+    kind: Optional[str] = typer.Option(None, "--kind", help="embed or rerank (default: what the model's files say)."),
+    revision: Optional[str] = typer.Option(None, "--revision", help="Branch, tag or commit of a hub model."),
+) -> None:
+    """Prepare this machine for a model ahead of time: export it for a CPU backend and run the fidelity gate.
+
+    What the first use of the model would otherwise do (once per machine), for an image
+    build or a deploy step. Prints what runs the model here and the gate's figures; exits 1
+    when the export falls short of its precision's threshold.
+
+    Example: `lancedb-baai export BAAI/bge-small-en-v1.5 --backend openvino`
+    """
+    with _errors(_offline_hint):
+        kind = kind or _catalog.kind_of(name, revision) or "embed"
+        function = kinds.get(kind).function()
+        explicit = {} if backend == "auto" else {"min_fidelity": 0}  # figures first, then the verdict
+        loaded = function(name=name, backend=backend, precision=precision, revision=revision,
+                          show_progress=False, **explicit).loaded()
+        key, figures = loaded.key, loaded.fidelity
+        verdict = None if figures is None else _fidelity.passes(figures, key.dtype, None)
+        typer.echo(json.dumps({"model": key.model, "kind": key.kind, "backend": key.backend, "dtype": key.dtype,
+                               "export": str(loaded.export) if loaded.export else None, "fidelity": figures,
+                               "passes": verdict, "reason": loaded.reason}, indent=2))
+        if verdict is False:
+            _fail(f"{name} on {key.backend} {key.dtype} falls short of the fidelity gate "
+                  f"({_fidelity.describe(figures)} < {_fidelity.threshold(key.dtype, None)}): functions refuse it "
+                  "unless created with min_fidelity=0")
 
 
 # ------------------------------------------------------------------------------------ download

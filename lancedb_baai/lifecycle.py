@@ -8,6 +8,7 @@ from contextlib import contextmanager
 from typing import Any, Literal
 
 from .models import hub as _hub
+from .engines import kinds
 from .engines.cache import CACHE, EngineKey
 from .functions.config import EngineConfig
 
@@ -16,22 +17,8 @@ logger = logging.getLogger(__name__)
 EngineKind = Literal["embed", "rerank", "m3"]
 
 
-def _config_class(kind: str) -> type[EngineConfig]:
-    from .functions.embeddings import BAAIEmbeddings
-    from .functions.reranker import BAAIRerankFunction
-
-    classes: dict[str, type[EngineConfig]] = {"embed": BAAIEmbeddings, "rerank": BAAIRerankFunction}
-    if kind == "m3":
-        from .functions.m3 import BGEM3Embeddings
-
-        classes["m3"] = BGEM3Embeddings
-    if kind not in classes:
-        raise ValueError(f"kind {kind!r} is not supported; use one of ['embed', 'rerank', 'm3']")
-    return classes[kind]
-
-
 def _config(name: str, kind: str, engine_options: dict[str, Any]) -> EngineConfig:
-    return _config_class(kind)(name=name, **engine_options)
+    return kinds.get(kind).function()(name=name, **engine_options)
 
 
 def preload(name: str, kind: EngineKind = "embed", **engine_options: Any) -> dict[str, Any]:
@@ -43,7 +30,7 @@ def preload(name: str, kind: EngineKind = "embed", **engine_options: Any) -> dic
     """
     config = _config(name, kind, engine_options)
     key = config.engine_key()
-    CACHE.get(key, config._load)
+    CACHE.get(key, config.load_engine)
     return _record(key)
 
 
@@ -55,10 +42,10 @@ def release(name: str | None = None, kind: EngineKind | None = None) -> list[dic
     """
     model = None if name is None else _hub.model_id(name)
 
-    kinds = None if kind is None else {kind, "m3"} if kind == "embed" else {kind}  # bge-m3 embeds too
+    served = None if kind is None else {kind} | {k for k in kinds.names() if kinds.get(k).serves_as == kind}
 
     def match(key: EngineKey) -> bool:
-        return (model is None or key.model == model) and (kinds is None or key.kind in kinds)
+        return (model is None or key.model == model) and (served is None or key.kind in served)
 
     return CACHE.release(match)
 
@@ -85,20 +72,23 @@ def swap(name: str, new_name: str, kind: EngineKind = "embed", allow_dims_change
     """
     old, new = _config(name, kind, engine_options), _config(new_name, kind, engine_options)
 
-    def check(old_engine: Any, new_engine: Any) -> None:
-        if kind == "rerank":
+    makes_vectors = kinds.get(kind).makes_vectors
+
+    def check(old_loaded: Any, new_loaded: Any) -> None:
+        if not makes_vectors:
             return
-        old_dims = old_engine.dims if old_engine is not None else old.ndims()
-        if new_engine.dims != old_dims and not allow_dims_change:
+        old_dims = old_loaded.engine.dims if old_loaded is not None else old.ndims()
+        new_dims = new_loaded.engine.dims
+        if new_dims != old_dims and not allow_dims_change:
             raise ValueError(
-                f"swap refused: {new_name!r} makes {new_engine.dims}-d vectors but {name!r} made "
-                f"{old_dims}-d ones (old width {old_dims}, new width {new_engine.dims}), and tables "
+                f"swap refused: {new_name!r} makes {new_dims}-d vectors but {name!r} made "
+                f"{old_dims}-d ones (old width {old_dims}, new width {new_dims}), and tables "
                 "already store those. The old model keeps serving. Pass allow_dims_change=True if "
                 "the tables will be re-embedded."
             )
 
-    record = CACHE.swap(old.engine_key(), new.engine_key(), new._load, check, keep=keep)
-    if kind != "rerank":
+    record = CACHE.swap(old.engine_key(), new.engine_key(), new.load_engine, check, keep=keep)
+    if makes_vectors:
         logger.warning("%r now serves embeddings for %r: vectors already stored were made by the old model, so "
                        "searches and adds on their tables raise EmbeddingDriftError until rollback() or a re-embed.", new_name, name)
     return record

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .engines.factory import quiet_transformers
+from .runtimes.torch_modules import quiet_transformers
 
 _WORDS = (
     "the a an of and to in is it for on with as by at from or not be are this that "

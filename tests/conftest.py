@@ -139,11 +139,11 @@ def _clean_cache():
         # engines are dropped without it (reference counting frees them), and only when present.
         if not cache.CACHE.info():
             return
-        free_memory, cache._free_memory = cache._free_memory, lambda: None
+        free_memory, cache.free_memory = cache.free_memory, lambda: None
         try:
             cache.CACHE.release(lambda key: True)
         finally:
-            cache._free_memory = free_memory
+            cache.free_memory = free_memory
 
     empty()
     yield

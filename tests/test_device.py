@@ -17,7 +17,7 @@ from lancedb_baai.cli import app
 # What a fresh process decides: on this host as it is, and on this host with native bf16
 # flags reported (the old per-process timing flipped on exactly such hosts under load).
 _DECIDE = """
-import json, lancedb_baai._device as d
+import json, lancedb_baai.runtimes.device as d
 real = d.auto_dtype("cpu")
 d.cpu_bf16_report.cache_clear()
 d._cpu_flags = lambda: {"avx512_bf16", "amx_bf16"}

@@ -67,7 +67,7 @@ def test_killed_writer_leaves_only_whole_batches(tmp_path, minilm, after_batches
 KILLED_REEMBED = textwrap.dedent("""
     import os, signal, sys
     import lancedb, lancedb_baai
-    from lancedb_baai import _checkpoint
+    from lancedb_baai.tables import checkpoint as _checkpoint
     db, model, checkpoint, at, stage = sys.argv[1:6]
     original, writes = _checkpoint.Checkpoint._write, []
     def dying(path, write):  # killed at the at-th checkpoint write: before it, torn half-way, or just after

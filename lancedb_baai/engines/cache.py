@@ -15,9 +15,11 @@ import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from ..runtimes.device import THREADS_ENV, dtype_reason
+from .history import History
 
 logger = logging.getLogger(__name__)
 
@@ -35,21 +37,45 @@ class EngineKey:
     backend: str = "torch"
 
 
+@dataclass(frozen=True)
+class Loaded:
+    """A loaded engine and what is known of it: what the cache stores, never changed after load."""
+
+    engine: Any
+    weights: dict[str, Any]
+    """The fingerprint of the files it was loaded from (model id, weights digest, revision, pooling)."""
+    fidelity: dict[str, Any] | None
+    """The gate's figures against float32 torch (None on torch itself)."""
+    reason: str
+    """Why this backend and dtype run it (shown by ``cache_info()``)."""
+    export: Path | None = None
+    checked: set[str] = field(default_factory=set, compare=False)
+    """Stored fingerprints already compared with this engine (the drift guard's memo)."""
+
+    @property
+    def key(self) -> EngineKey:
+        return self.engine.key
+
+    def describe(self) -> dict[str, Any]:
+        """What ``cache_info()`` shows of it beyond the key."""
+        return {"backend_reason": self.reason, "fidelity": self.fidelity}
+
+
 @dataclass
 class _Slot:
-    """One cache entry: the engine that serves a key, and what it served before (for rollback)."""
+    """One cache entry: the loaded engine that serves a key, and what it served before (for rollback)."""
 
     key: EngineKey
     lock: threading.Lock = field(default_factory=threading.Lock)
-    engine: Any = None
-    served: str = ""
-    version: int = 0
+    loaded: Loaded | None = None
+    history: History | None = None
     calls: int = 0
     loads: int = 0
-    history: list[tuple[Any, str]] = field(default_factory=list)
+    kept: dict[str, Loaded | None] = field(default_factory=dict)
+    """The engines the history may roll back to, by the model they serve."""
 
 
-Loader = Callable[[EngineKey], Any]
+Loader = Callable[[EngineKey], Loaded]
 
 
 class EngineCache:
@@ -61,23 +87,31 @@ class EngineCache:
         self._total_loads = 0
         self._inherited: list[Any] = []
 
-    def get(self, key: EngineKey, loader: Loader) -> Any:
-        """The engine for ``key``, loading it once; concurrent callers of a cold key wait for that load."""
+    def get(self, key: EngineKey, loader: Loader) -> Loaded:
+        """The loaded engine for ``key``, loading it once; concurrent callers of a cold key wait for that load."""
         slot = self._slot(key)
-        engine = slot.engine
-        if engine is None:
+        loaded = slot.loaded
+        if loaded is None:
             with slot.lock:  # per key: loading one model never blocks another
-                if slot.engine is None:
-                    slot.engine = self._load(slot, key, loader)
-                    slot.served = key.model
-                engine = slot.engine
+                if slot.loaded is None:
+                    slot.loaded = self._load(slot, key, loader)
+                    slot.history = slot.history or History(key.model)
+                loaded = slot.loaded
         slot.calls += 1
-        return engine
+        return loaded
 
-    def peek(self, key: EngineKey) -> Any:
-        """The engine serving ``key`` if one is loaded, else None; never loads."""
+    def adopt(self, key: EngineKey, loaded: Loaded) -> None:
+        """Serve ``key`` with an engine loaded elsewhere (choosing a backend measured it), counted as a load."""
+        slot = self._slot(key)
+        with slot.lock:
+            if slot.loaded is None:
+                slot.loaded = self._load(slot, key, lambda _: loaded)
+                slot.history = slot.history or History(key.model)
+
+    def peek(self, key: EngineKey) -> Loaded | None:
+        """The loaded engine serving ``key`` if there is one, else None; never loads."""
         slot = self._slots.get(key)
-        return None if slot is None else slot.engine
+        return None if slot is None else slot.loaded
 
     def swap(self, key: EngineKey, new_key: EngineKey, loader: Loader,
              check: Callable[[Any, Any], None] | None = None, keep: int = 1) -> dict[str, Any]:
@@ -90,30 +124,28 @@ class EngineCache:
         if keep < 0:
             raise ValueError(f"keep={keep} must be 0 or more (old engines kept for rollback)")
         slot = self._slot(key)
-        engine = self._load(slot, new_key, loader)
+        loaded = self._load(slot, new_key, loader)
         with slot.lock:
-            old = slot.engine
+            old, history = slot.loaded, slot.history or History(key.model)
             if check is not None:
-                check(old, engine)
-            slot.history.append((old, slot.served))
-            slot.engine, slot.served = engine, new_key.model
-            slot.version += 1
-            dropped = slot.history[: max(0, len(slot.history) - keep)]
-            del slot.history[: len(dropped)]
+                check(old, loaded)
+            slot.kept[history.served] = old
+            slot.history = history.swapped(new_key.model, keep)
+            slot.loaded = loaded
+            dropped = [slot.kept.pop(name) for name in list(slot.kept) if name not in slot.history.previous]
         if dropped:
             dropped.clear()
             old = None
-            _free_memory()
+            free_memory()
         return self._record(slot)
 
     def rollback(self, key: EngineKey) -> dict[str, Any]:
         """Serve ``key`` from the engine it had before the last swap."""
         slot = self._slots.get(key)
-        if slot is None or not slot.history:
-            raise ValueError(f"nothing to roll back for {key.model!r} ({key.kind}): it was never swapped")
-        with slot.lock:
-            slot.engine, slot.served = slot.history.pop()
-            slot.version += 1
+        history = slot.history if slot is not None and slot.history is not None else History(key.model)
+        back = history.rolled_back(f"{key.model!r} ({key.kind})")
+        with slot.lock:  # an engine no longer kept (None) loads again on the next call
+            slot.loaded, slot.history = slot.kept.pop(back.served, None), back
         return self._record(slot)
 
     def release(self, match: Callable[[EngineKey], bool]) -> list[dict[str, Any]]:
@@ -122,7 +154,7 @@ class EngineCache:
             dropped = [self._slots.pop(k) for k in list(self._slots) if match(k)]
         records = [self._record(slot) for slot in dropped]
         dropped.clear()
-        _free_memory()
+        free_memory()
         return records
 
     def info(self) -> list[dict[str, Any]]:
@@ -135,8 +167,8 @@ class EngineCache:
         """The loaded engines and their keys, with those kept for rollback (what this process holds)."""
         with self._lock:
             slots = list(self._slots.values())
-        held = [(slot.key, slot.engine) for slot in slots if slot.engine is not None]
-        return held + [(slot.key, old) for slot in slots for old, _ in slot.history if old is not None]
+        held = [(slot.key, slot.loaded.engine) for slot in slots if slot.loaded is not None]
+        return held + [(slot.key, old.engine) for slot in slots for old in slot.kept.values() if old is not None]
 
     def total_loads(self) -> int:
         """Model loads in this process since it started (or forked), released ones included."""
@@ -149,25 +181,26 @@ class EngineCache:
                 slot = self._slots[key] = _Slot(key)
             return slot
 
-    def _load(self, slot: _Slot, key: EngineKey, loader: Loader) -> Any:
-        engine = loader(key)
+    def _load(self, slot: _Slot, key: EngineKey, loader: Loader) -> Loaded:
+        loaded = loader(key)
         with self._lock:
             slot.loads += 1
             self._total_loads += 1
-        return engine
+        return loaded
 
     def _record(self, slot: _Slot) -> dict[str, Any]:
-        key = slot.key
-        fidelity = getattr(slot.engine, "fidelity", None)
-        backend_reason = getattr(slot.engine, "backend_reason", None) or "asked for"
+        key, loaded = slot.key, slot.loaded
+        described = loaded.describe() if isinstance(loaded, Loaded) else {}  # tests cache plain objects
+        fidelity, backend_reason = described.get("fidelity"), described.get("backend_reason", "asked for")
         why = dtype_reason(key.dtype, key.device) if key.backend == "torch" else backend_reason
         return {
-            "model": key.model, "served": slot.served or key.model, "kind": key.kind,
+            "model": key.model, "served": slot.history.served if slot.history else key.model, "kind": key.kind,
             "backend": key.backend, "backend_reason": backend_reason, "fidelity": fidelity,
             "device": key.device, "dtype": key.dtype, "dtype_reason": why,
             "max_length": key.max_length,
             "revision": key.revision, "loads": slot.loads, "calls": slot.calls,
-            "version": slot.version, "loaded": slot.engine is not None, "rollback_depth": len(slot.history),
+            "version": slot.history.version if slot.history else 0, "loaded": loaded is not None,
+            "rollback_depth": len(slot.history.previous) if slot.history else 0,
             "pid": os.getpid(),
         }
 
@@ -186,9 +219,10 @@ class EngineCache:
             if key.device.startswith("cuda"):
                 self._inherited.append(self._slots.pop(key))
                 continue
-            slot.lock, slot.calls, slot.loads, slot.history = threading.Lock(), 0, 0, []
-            if slot.engine is not None:
-                slot.engine.reset_after_fork()
+            slot.lock, slot.calls, slot.loads, slot.kept = threading.Lock(), 0, 0, {}
+            slot.history = None if slot.history is None else History(slot.history.served, slot.history.version)
+            if slot.loaded is not None:
+                slot.loaded.engine.reset_after_fork()
 
 
 def _settle_threads_after_fork() -> None:
@@ -207,7 +241,7 @@ def _settle_threads_after_fork() -> None:
         torch.set_num_threads(1)
 
 
-def _free_memory() -> None:
+def free_memory() -> None:
     """Collect garbage, empty the CUDA cache and ask the C allocator to return freed pages."""
     gc.collect()
     torch = sys.modules.get("torch")

@@ -1,37 +1,44 @@
-"""Which runtime runs a model here (torch, ONNX Runtime or OpenVINO), in which precision, and why.
+"""Which runtime runs a model here, in which precision, and why.
 
 ``backend="auto"`` takes, in a fixed order of speed measured on each machine class (see
-the README's Performance section), the first runtime that is installed, runs the
-precision natively on this CPU and passes the fidelity gate for the model. The order
-depends only on the host's instruction sets and what OpenVINO reports it can run, and the
-gate's verdict is recorded per host next to the export, so every process on a host makes
-the same choice, idle or loaded: no choice ever comes from a timing.
+the docs' performance page), the first runtime that is installed, runs the precision
+natively on this CPU and passes the fidelity gate for the model. The order depends only
+on the host's instruction sets and what OpenVINO reports it can run, and the gate's
+verdict is recorded per host next to the export, so every process on a host makes the
+same choice, idle or loaded: no choice ever comes from a timing.
+
+When the verdict is not recorded yet, choosing measures it: the model's float32 torch
+module is built once, each candidate is exported and gated against it, and the engine
+that passes is handed to the cache to serve (nothing loaded to choose is thrown away;
+when no export passes, the reference itself serves on torch).
 """
 
 from __future__ import annotations
 
-import functools
-import importlib.util
 import logging
 import os
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, replace
 from typing import Any
 
+from ..models import fidelity, hub
+from ..runtimes import base as runtimes
 from ..runtimes.device import cpu_bf16_report, native_bf16_flags, resolve_device, resolve_dtype
+from ..runtimes.openvino import native_bf16 as openvino_bf16
+from . import kinds
+from .cache import CACHE, EngineKey, Loaded
+from .factory import Reference, files_of, open_engine, recorded_figures, reference_for
 
 logger = logging.getLogger(__name__)
 
-BACKENDS: tuple[str, ...] = ("auto", "torch", "onnx", "openvino")
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "int8")
 DTYPE_OF = {"fp32": "float32", "bf16": "bfloat16", "int8": "int8"}
 BACKEND_ENV = "LANCEDB_BAAI_BACKEND"
-RUNTIMES = {"onnx": "onnxruntime", "openvino": "openvino"}
-EXPORTED = ("onnx", "openvino")
 
 
 def check_backend(backend: str) -> str:
-    if backend not in BACKENDS:
-        raise ValueError(f"backend {backend!r} is not supported; use one of {list(BACKENDS)}")
+    if backend != "auto":
+        runtimes.get(backend)
     return backend
 
 
@@ -39,25 +46,6 @@ def check_precision(precision: str | None) -> str | None:
     if precision is not None and precision not in PRECISIONS:
         raise ValueError(f"precision {precision!r} is not supported; use one of {list(PRECISIONS)} or None")
     return precision
-
-
-def installed(backend: str) -> bool:
-    """Whether the runtime of ``backend`` can be imported here (torch always counts as installed)."""
-    return backend == "torch" or importlib.util.find_spec(RUNTIMES[backend]) is not None
-
-
-def extra(backend: str) -> str:
-    return f"pip install 'lancedb_baai[{backend}]'"
-
-
-@functools.cache
-def openvino_bf16() -> bool:
-    """Whether OpenVINO runs bf16 natively on this CPU (else its bf16 hint silently runs float32)."""
-    if not native_bf16_flags() or not installed("openvino"):
-        return False
-    import openvino as ov
-
-    return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
 
 
 @dataclass(frozen=True)
@@ -68,77 +56,127 @@ class Choice:
     device: str
     dtype: str
     reason: str
-    fidelity: dict[str, Any] | None = None
 
 
-def choose(kind: str, model: str, revision: str | None, backend: str, precision: str | None,
-           dtype: str, device: str, trust_remote_code: bool = False,
-           min_fidelity: float | None = None) -> Choice:
-    """Resolve ``backend`` (and "auto" device, dtype and precision) for one configuration.
+@dataclass(frozen=True)
+class Wanted:
+    """What a configuration asks for: the inputs of a choice."""
 
-    Memoised per process; "auto" may export and gate the model the first time a host sees it.
+    kind: str
+    model: str
+    revision: str | None
+    backend: str
+    precision: str | None
+    dtype: str
+    device: str
+    max_length: int | None = None
+    trust_remote_code: bool = False
+    min_fidelity: float | None = None
+
+
+_chosen: dict[Wanted, Choice] = {}
+_locks: dict[Wanted, threading.Lock] = {}
+_guard = threading.Lock()
+
+
+def choose(wanted: Wanted) -> Choice:
+    """Resolve ``wanted`` (and "auto" device, dtype and precision); memoised per process.
+
+    Concurrent first calls wait for one of them: "auto" may export and gate the model
+    the first time a host sees it, and that happens once.
     """
-    return _choose(kind, model, revision, backend, precision, dtype, device, trust_remote_code, min_fidelity)
+    choice = _chosen.get(wanted)
+    if choice is not None:
+        return choice
+    with _guard:
+        lock = _locks.setdefault(wanted, threading.Lock())
+    with lock:
+        if wanted not in _chosen:
+            _chosen[wanted] = _resolve(wanted, measure=True)
+        return _chosen[wanted]
 
 
-@functools.lru_cache(maxsize=256)
-def _choose(kind: str, model: str, revision: str | None, backend: str, precision: str | None,
-            dtype: str, device: str, trust_remote_code: bool, min_fidelity: float | None) -> Choice:
-    source = "asked for"
+def peek(wanted: Wanted) -> Choice | None:
+    """The choice for ``wanted`` if it can be made without loading anything (recorded verdicts), else None."""
+    return _chosen.get(wanted) or _resolve(wanted, measure=False)
+
+
+def forget() -> None:
+    """Forget every choice of this process (the next call chooses again)."""
+    _chosen.clear()
+
+
+def _resolve(wanted: Wanted, measure: bool) -> Choice | None:
+    """The choice for ``wanted``; None when it needs a gate verdict not recorded here and ``measure`` is off."""
+    try:
+        return _decide(wanted, measure)
+    except _Undecided:
+        return None
+
+
+def _decide(wanted: Wanted, measure: bool) -> Choice:
+    backend, source = wanted.backend, "asked for"
     if backend == "auto":
         configured = os.environ.get(BACKEND_ENV, "").strip()
-        if configured and configured != "auto" and not (kind == "m3" and configured in EXPORTED):
+        if configured and configured != "auto" and (kinds.get(wanted.kind).exportable or configured == "torch"):
             backend, source = check_backend(configured), f"{BACKEND_ENV}={configured}"
-    if backend == "torch":
-        resolved = resolve_device(device)
-        wanted = _torch_dtype(precision, dtype, resolved)
-        return Choice("torch", resolved, wanted, source if wanted == dtype else f"{source}: torch {wanted}")
-    if backend in EXPORTED:
-        _check_exportable(kind, backend, device)
-        return Choice(backend, "cpu", _exported_dtype(backend, precision, dtype), source)
-    return _auto(kind, model, revision, precision, dtype, device, trust_remote_code, min_fidelity)
+    if backend == "auto":
+        return _auto(wanted, measure)
+    runtime = runtimes.get(backend)
+    device = _device_for(runtime, wanted)
+    dtype = _dtype_for(runtime, wanted, device)
+    if dtype == "bfloat16" and runtime.name != "torch" and not (wanted.precision or wanted.dtype != "auto"):
+        return _precision_by_gate(wanted, backend, source, measure)
+    reason = source if backend != "torch" or dtype == wanted.dtype else f"{source}: torch {dtype}"
+    return Choice(backend, device, dtype, reason)
 
 
-def _torch_dtype(precision: str | None, dtype: str, device: str) -> str:
-    if precision == "int8":
-        raise ValueError("precision='int8' runs on ONNX Runtime or OpenVINO, not torch: pass "
-                         "backend='openvino' (or 'onnx', or 'auto')")
-    wanted = DTYPE_OF[precision] if precision else dtype
-    _agree(precision, dtype)
-    return resolve_dtype(wanted, device)
 
 
-def _agree(precision: str | None, dtype: str) -> None:
-    if precision and dtype != "auto" and DTYPE_OF[precision] != dtype:
-        raise ValueError(f"precision={precision!r} and dtype={dtype!r} disagree: pass one of them")
+
+def _device_for(runtime: runtimes.Runtime, wanted: Wanted) -> str:
+    device = resolve_device(wanted.device) if "cuda" in runtime.devices else wanted.device
+    if device == "auto":
+        device = runtime.devices[0]
+    if device.split(":")[0] not in runtime.devices:
+        where = "the CPU" if runtime.devices == ("cpu",) else " or ".join(runtime.devices)
+        raise ValueError(f"backend={runtime.name!r} runs on {where}; device={device!r} "
+                         "needs backend='torch' (or 'auto', which takes torch on a GPU)")
+    if runtime.name != "torch" and not kinds.get(wanted.kind).exportable:
+        raise ValueError(f"backend={runtime.name!r} runs bge-m3's dense vectors only ('local-baai' with "
+                         f"backend={runtime.name!r}); its sparse and ColBERT outputs need backend='torch'")
+    missing = runtime.missing()
+    if missing is not None:
+        raise ModuleNotFoundError(f"backend={runtime.name!r} cannot run here: {missing}")
+    return device
 
 
-def _check_exportable(kind: str, backend: str, device: str) -> None:
-    if device not in ("auto", "cpu"):
-        raise ValueError(f"backend={backend!r} runs on the CPU; device={device!r} needs backend='torch' "
-                         "(or 'auto', which takes torch on a GPU)")
-    if kind == "m3":
-        raise ValueError(f"backend={backend!r} runs bge-m3's dense vectors only ('local-baai' with "
-                         f"backend={backend!r}); its sparse and ColBERT outputs need backend='torch'")
-    if not installed(backend):
-        raise ModuleNotFoundError(f"backend={backend!r} needs {RUNTIMES[backend]}, which is not installed "
-                                  f"here: {extra(backend)}")
+def _dtype_for(runtime: runtimes.Runtime, wanted: Wanted, device: str) -> str:
+    """The dtype asked for (precision or dtype, which must agree), else the runtime's own choice here."""
+    if wanted.precision and wanted.dtype != "auto" and DTYPE_OF[wanted.precision] != wanted.dtype:
+        raise ValueError(f"precision={wanted.precision!r} and dtype={wanted.dtype!r} disagree: pass one of them")
+    asked = DTYPE_OF[wanted.precision] if wanted.precision else wanted.dtype
+    if runtime.name == "torch":
+        if asked == "int8":
+            raise ValueError("precision='int8' runs on ONNX Runtime or OpenVINO, not torch: pass "
+                             "backend='openvino' (or 'onnx', or 'auto')")
+        return resolve_dtype(asked, device)
+    precisions = runtime.precisions()
+    if asked == "auto":
+        return "bfloat16" if "bfloat16" in precisions else "float32"
+    if asked not in precisions:
+        raise ValueError(_unsupported(runtime.name, asked))
+    return asked
 
 
-def _exported_dtype(backend: str, precision: str | None, dtype: str) -> str:
-    """The dtype an export runs in: the one asked for, else bf16 where it is native here, else float32."""
+def _unsupported(backend: str, dtype: str) -> str:
     if dtype == "float16":
-        raise ValueError(f"backend={backend!r} has no float16 on the CPU: use precision 'fp32', 'bf16' or 'int8'")
-    _agree(precision, dtype)
-    wanted = DTYPE_OF[precision] if precision else (dtype if dtype != "auto" else None)
-    if wanted is None:
-        return "bfloat16" if backend == "openvino" and openvino_bf16() else "float32"
-    if wanted == "bfloat16" and not (backend == "openvino" and openvino_bf16()):
-        raise ValueError(
-            f"precision 'bf16' on {backend!r} needs a CPU with native bf16 (avx512_bf16 or amx_bf16) and "
-            f"OpenVINO{'' if backend == 'openvino' else ' (ONNX Runtime has no bf16 CPU kernels)'}; this host "
-            "would run it as float32. Use precision 'fp32' (exact) or 'int8'.")
-    return wanted
+        return f"backend={backend!r} has no float16 on the CPU: use precision 'fp32', 'bf16' or 'int8'"
+    if dtype == "bfloat16":
+        return (f"precision 'bf16' on {backend!r} needs a CPU with native bf16 (avx512_bf16 or amx_bf16) and "
+                f"OpenVINO{'' if backend == 'openvino' else ' (ONNX Runtime has no bf16 CPU kernels)'}; this host "
+                "would run it as float32. Use precision 'fp32' (exact) or 'int8'.")
+    return f"backend={backend!r} cannot run {dtype} here; it runs {list(runtimes.get(backend).precisions())}"
 
 
 def candidates(kind: str, device: str, precision: str | None, dtype: str,
@@ -147,7 +185,7 @@ def candidates(kind: str, device: str, precision: str | None, dtype: str,
 
     ``("torch", None)`` is torch in its own "auto" dtype, the last resort, always there.
     """
-    if device != "cpu" or kind == "m3" or trust_remote_code:
+    if device != "cpu" or not kinds.get(kind).exportable or trust_remote_code:
         return [("torch", None)]
     if precision == "int8":
         return [("openvino", "int8"), ("onnx", "int8")]
@@ -163,30 +201,85 @@ def candidates(kind: str, device: str, precision: str | None, dtype: str,
     return order + [("torch", None)]
 
 
-def _auto(kind: str, model: str, revision: str | None, precision: str | None, dtype: str, device: str,
-          trust_remote_code: bool, min_fidelity: float | None) -> Choice:
-    from ..models import fidelity as _fidelity
-    from .cache import EngineKey
-    from .factory import gated_engine, recorded_fidelity
+class _Undecided(Exception):
+    """The choice needs a gate verdict this host has not recorded, and measuring was not allowed."""
 
-    resolved = resolve_device(device)
-    skipped: list[str] = []
-    for backend, wanted in candidates(kind, resolved, precision, dtype, trust_remote_code):
+
+class _Candidates:
+    """One resolution: candidates gated in turn, sharing one reference torch module; what was opened serves."""
+
+    def __init__(self, wanted: Wanted, measure: bool) -> None:
+        self.wanted, self.measure = wanted, measure
+        self.device = resolve_device(wanted.device)
+        self.skipped: list[str] = []
+        self.reference: Reference | None = None
+        self.opened: dict[EngineKey, Loaded] = {}
+        self.figures: dict[str, Any] = {}
+
+    def key(self, backend: str, dtype: str) -> EngineKey:
+        w = self.wanted
+        return EngineKey(w.kind, hub.model_id(w.model), w.revision, "cpu" if backend != "torch" else self.device,
+                         dtype, w.max_length, backend)
+
+    def passes(self, backend: str, dtype: str) -> bool:
+        """Whether ``backend`` in ``dtype`` is installed and passes the gate here (measured now if needed)."""
+        missing = runtimes.get(backend).missing()
+        if missing is not None:
+            self.skipped.append(f"{backend} {dtype}: {missing}")
+            return False
+        key = self.key(backend, dtype)
+        figures = recorded_figures(key, hub.resolve(key.model, key.revision))
+        if figures is None:
+            if not self.measure:
+                raise _Undecided
+            if self.reference is None:
+                self.reference = reference_for(key, self.wanted.trust_remote_code)
+            self.opened[key] = open_engine(key, self.reference, "chosen by the gate")
+            figures = self.opened[key].fidelity
+        self.figures = figures
+        if not fidelity.passes(figures, dtype, self.wanted.min_fidelity):
+            self.skipped.append(f"{backend} {dtype}: fails the gate ({fidelity.describe(figures)})")
+            return False
+        return True
+
+    def serve(self, backend: str, dtype: str, reason: str) -> Choice:
+        """The choice of ``backend`` in ``dtype``; an engine opened to measure it is handed to the cache."""
+        key = self.key(backend, dtype)
+        loaded = self.opened.get(key)
+        if loaded is None and self.reference is not None and backend == "torch" and key.device == "cpu" \
+                and dtype == "float32":  # no export passed: the reference measured against serves
+            loaded = Loaded(self.reference.engine(), files_of(key, self.reference.path), None, reason)
+        if loaded is not None:
+            CACHE.adopt(key, replace(loaded, reason=reason))
+        return Choice(backend, key.device, dtype, reason)
+
+    def why(self) -> str:
+        return "; ".join(self.skipped)
+
+
+def _precision_by_gate(wanted: Wanted, backend: str, source: str, measure: bool) -> Choice:
+    """An exported backend asked for with no precision: bf16 where native and faithful here, else fp32."""
+    tried = _Candidates(wanted, measure)
+    if tried.passes(backend, "bfloat16"):
+        return tried.serve(backend, "bfloat16", f"{source}: {backend} bfloat16, native here and faithful "
+                                                f"({fidelity.describe(tried.figures)})")
+    tried.passes(backend, "float32")  # measured with the same reference: the weights are read once
+    return tried.serve(backend, "float32", f"{source}: {backend} float32 ({tried.why()})")
+
+
+def _auto(wanted: Wanted, measure: bool) -> Choice:
+    tried = _Candidates(wanted, measure)
+    for backend, dtype in candidates(wanted.kind, tried.device, wanted.precision, wanted.dtype,
+                                     wanted.trust_remote_code):
         if backend == "torch":
-            if wanted == "bfloat16" and not cpu_bf16_report().use_bf16:
-                skipped.append(f"torch bfloat16: {cpu_bf16_report().reason()}")
+            if dtype == "bfloat16" and not cpu_bf16_report().use_bf16:
+                tried.skipped.append(f"torch bfloat16: {cpu_bf16_report().reason()}")
                 continue
-            wanted = wanted or _torch_dtype(precision, dtype, resolved)
-            why = "; ".join(skipped) or "the only backend for this model and device"
-            return Choice("torch", resolved, wanted, f"auto: torch {wanted} ({why})")
-        if not installed(backend):
-            skipped.append(f"{backend} {wanted}: {RUNTIMES[backend]} is not installed ({extra(backend)})")
-            continue
-        key = EngineKey(kind, model, revision, "cpu", wanted, None, backend)
-        figures = recorded_fidelity(key) or gated_engine(key, trust_remote_code).fidelity  # opened once per host
-        if _fidelity.passes(figures, wanted, min_fidelity):
-            before = f"; before it: {'; '.join(skipped)}" if skipped else ""
-            return Choice(backend, "cpu", wanted, f"auto: {backend} {wanted}, the fastest installed CPU backend that "
-                          f"passes the fidelity gate here ({_fidelity.describe(figures)}){before}", figures)
-        skipped.append(f"{backend} {wanted}: fails the gate ({_fidelity.describe(figures)})")
-    raise RuntimeError(f"no backend passes the fidelity gate for {model!r}: {'; '.join(skipped)}")
+            dtype = dtype or _dtype_for(runtimes.get("torch"), wanted, tried.device)
+            why = tried.why() or "the only backend for this model and device"
+            return tried.serve("torch", dtype, f"auto: torch {dtype} ({why})")
+        if tried.passes(backend, dtype):
+            before = f"; before it: {tried.why()}" if tried.skipped else ""
+            return tried.serve(backend, dtype, f"auto: {backend} {dtype}, the fastest installed CPU backend that "
+                               f"passes the fidelity gate here ({fidelity.describe(tried.figures)}){before}")
+    raise RuntimeError(f"no backend passes the fidelity gate for {wanted.model!r}: {tried.why()}")

@@ -1,213 +1,175 @@
-"""The engine factory: from a cache key to a loaded engine, one loader per kind of model.
+"""The engine factory: from a cache key to a complete, immutable record of a loaded engine.
 
-Loading is where a model's files meet this process, so it is also where the package
-refuses what it should not run (remote code nobody allowed here) and turns a broken
-model directory into an error that names the file and what to do.
+Loading is where a model's files meet this process: the files are resolved and checked,
+the runtime prepares the model (an export, once per machine) and opens it, the kind's
+engine is built over it, and an exported engine passes the fidelity gate against float32
+torch. The torch module an export is traced from is the one the gate measures against:
+the weights are read once. Loading is also where the package refuses what it should not
+run (remote code nobody allowed here) and turns a broken model directory into an error
+that names the file and what to do.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import replace
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..models import exports as _export, fidelity as _fidelity, fingerprint as _fingerprint, hub as _hub, trust as _trust
-from ..runtimes.device import torch_dtype
-from .torch_engines import BAAIEmbeddingEngine, BAAIRerankEngine, _TorchEngine, native_max_length
-from .m3 import load_m3_engine
+from ..models import fidelity, fingerprint, hub, trust
+from ..runtimes import base as runtimes
+from ..runtimes.torch_modules import quiet_transformers
+from . import kinds, progress
+from .base import Engine
+from .cache import Loaded
 
 if TYPE_CHECKING:
     from .cache import EngineKey
 
 logger = logging.getLogger(__name__)
 
-Loader = Callable[["EngineKey", Path, bool], _TorchEngine]
 
-def load_engine(key: EngineKey, trust_remote_code: bool = False, show_progress: bool = False,
-                min_fidelity: float | None = None) -> Any:
-    """Build the engine ``key`` names: resolve files, load weights, move to device and dtype.
+class Reference:
+    """A model's float32 torch module on the CPU, built at most once: what exports trace and the gate measures."""
 
-    ONNX Runtime and OpenVINO keys open the model's export (made first if this machine has
-    none) and pass the fidelity gate (``min_fidelity``, else the precision's default).
-    One INFO log line per load; third-party progress bars only with ``show_progress``.
+    def __init__(self, key: EngineKey, path: Path, trust_remote_code: bool, show_progress: bool = False) -> None:
+        self.key = replace(key, backend="torch", device="cpu", dtype="float32")
+        self.path, self._trust, self._show = path, trust_remote_code, show_progress
+        self._model: runtimes.TorchModel | None = None
+        self._engine: Engine | None = None
+        self._lock = threading.Lock()
+
+    def build(self) -> runtimes.TorchModel:
+        with self._lock:
+            if self._model is None:
+                with quiet_transformers(self._show), hub.explain_broken(self.path):
+                    self._model = kinds.get(self.key.kind).build(self.path, self._trust)
+            return self._model
+
+    def engine(self) -> Engine:
+        """The float32 torch engine over the reference module (the same weights, not loaded again)."""
+        if self._engine is None:
+            session, graph = runtimes.get("torch").open(self.request(), None)
+            self._engine = kinds.get(self.key.kind).engine(self.key, session, graph)
+        return self._engine
+
+    def request(self, key: EngineKey | None = None, announce: Any = None) -> runtimes.Request:
+        """What a runtime needs to prepare and open the model of ``key`` (default: the reference itself)."""
+        key = key or self.key
+        kind = kinds.get(key.kind)
+        extra = {"announce": announce} if announce is not None else {}
+        return runtimes.Request(
+            kind=key.kind, model=key.model, path=self.path, weights=files_of(key, self.path)["weights"],
+            device=key.device, dtype=key.dtype, build=self.build,
+            calibration=lambda model: kind.engine.calibration_feeds(model.graph, fidelity.calibration_texts()),
+            lock=hub.model_lock(key.model, key.revision), **extra)
+
+
+def files_of(key: EngineKey, path: Path) -> dict[str, Any]:
+    """The fingerprint of ``key``'s model files (memoised by the files' sizes and times)."""
+    return {"model": key.model, **fingerprint.weights(path)}
+
+
+def reference_for(key: EngineKey, trust_remote_code: bool = False, show_progress: bool = False) -> Reference:
+    """A :class:`Reference` for ``key``'s model, its files resolved and checked (nothing loaded yet)."""
+    check_trust(key, trust_remote_code)
+    path = hub.resolve(key.model, key.revision)
+    hub.check_files(path)
+    return Reference(key, path, trust_remote_code, show_progress)
+
+
+def load(key: EngineKey, trust_remote_code: bool = False, show_progress: bool = False,
+         min_fidelity: float | None = None, reason: str = "asked for",
+         reference: Reference | None = None) -> Loaded:
+    """Build the engine ``key`` names, with its record; an exported engine must pass the fidelity gate.
+
+    ``reference`` is the float32 torch module already built for this model, when the caller
+    has one (the choice of a backend measured it): the weights are then not read again.
     """
+    start = time.perf_counter()
+    reference = reference or reference_for(key, trust_remote_code, show_progress)
+    loaded = open_engine(key, reference, reason)
+    if loaded.fidelity is not None:
+        fidelity.enforce(f"{key.model} on {key.backend} {key.dtype}", loaded.fidelity, key.dtype, min_fidelity)
+    where = f"{key.device} as {key.dtype}" if loaded.export is None else f"{key.backend} {key.dtype}"
+    logger.info("loaded %s model %s on %s in %.2fs%s", key.kind, key.model, where, time.perf_counter() - start,
+                f" ({fidelity.describe(loaded.fidelity)})" if loaded.fidelity else "")
+    return loaded
+
+
+def open_engine(key: EngineKey, reference: Reference, reason: str) -> Loaded:
+    """The engine of ``key`` with its gate figures, whatever they are (the verdict is the caller's)."""
+    runtime = runtimes.get(key.backend)
+    with _Announcement(key, reference) as announcement:
+        request = reference.request(key, announcement.start)
+        prepared = runtime.prepare(request)
+        session, graph = runtime.open(request, prepared)
+        engine = kinds.get(key.kind).engine(key, session, graph)
+        figures = None if prepared is None else gate(key, engine, prepared, reference)
+    return Loaded(engine, files_of(key, reference.path), figures, reason, prepared)
+
+
+def gate(key: EngineKey, engine: Engine, export: Path, reference: Reference) -> dict[str, Any]:
+    """The fidelity figures of ``engine`` on this host: recorded ones, else measured now and recorded."""
+    figures = fidelity.recorded(export, key.dtype)
+    if figures is not None:
+        return figures
+    with hub.model_lock(key.model, key.revision):
+        figures = fidelity.recorded(export, key.dtype)
+        if figures is None:
+            figures = {**kinds.get(key.kind).measure(reference.engine(), engine), "backend": key.backend,
+                       "precision": key.dtype, "reference": "torch float32 (cpu)"}
+            fidelity.record(export, key.dtype, figures)
+    return figures
+
+
+def recorded_figures(key: EngineKey, path: Path) -> dict[str, Any] | None:
+    """The gate's figures this host recorded for ``key``'s export, read without opening it (None: none yet)."""
+    runtime = runtimes.get(key.backend)
+    export = getattr(runtime, "export_dir", None)
+    if export is None:
+        return None
+    return fidelity.recorded(export(key.kind, key.model, files_of(key, path)["weights"], key.dtype), key.dtype)
+
+
+def check_trust(key: EngineKey, trust_remote_code: bool) -> None:
+    """Refuse remote code nobody allowed in this process, and remote code on an export."""
+    if not trust_remote_code:
+        return
     if key.backend != "torch":
-        return load_exported(key, trust_remote_code, min_fidelity)
-    return load_torch(key, trust_remote_code, show_progress)
-
-
-def load_torch(key: EngineKey, trust_remote_code: bool = False, show_progress: bool = False) -> _TorchEngine:
-    """The torch engine of ``key``."""
-    if trust_remote_code and not _trust.remote_code_allowed(key.model):
+        raise ValueError(f"backend={key.backend!r} cannot export a model that runs its own code "
+                         "(trust_remote_code=True): use backend='torch' for it")
+    if not trust.remote_code_allowed(key.model):
         raise PermissionError(
             f"model {key.model!r} asks for trust_remote_code=True (its configuration, possibly "
             "a table's stored metadata, says so), which would run Python code from the model's "
             f"files. Allow it in this process with lancedb_baai.allow_remote_code({key.model!r}) "
-            f"or {_trust.ALLOW_REMOTE_CODE_ENV}={key.model}, or drop trust_remote_code."
+            f"or {trust.ALLOW_REMOTE_CODE_ENV}={key.model}, or drop trust_remote_code."
         )
-    start = time.perf_counter()
-    path = _hub.resolve(key.model, key.revision)
-    _hub.check_files(path)
-    with quiet_transformers(show_progress), _hub.explain_broken(path):
-        engine = _LOADERS[key.kind](key, path, trust_remote_code)
-    engine.model.to(device=key.device, dtype=torch_dtype(key.dtype)).eval()
-    engine.weights = {"model": key.model, **_fingerprint.weights(path)}
-    logger.info("loaded %s model %s on %s as %s in %.2fs", key.kind, key.model, key.device,
-                key.dtype, time.perf_counter() - start)
-    return engine
 
 
-def load_exported(key: EngineKey, trust_remote_code: bool = False, min_fidelity: float | None = None) -> Any:
-    """The ONNX Runtime / OpenVINO engine of ``key``: export once per machine, open torch-free, gate.
+class _Announcement:
+    """One line on stderr when a model is prepared for a runtime on this machine for the first time.
 
-    torch is imported only when this machine has no export of the model yet, or no
-    fidelity figures for it in this precision; both are then kept on disk for the next process.
+    An export and its fidelity gate take seconds to minutes, once per machine and model;
+    like a hub download, the user sees what happens instead of a silent first call.
     """
-    start = time.perf_counter()
-    engine = gated_engine(key, trust_remote_code)
-    _fidelity.enforce(f"{key.model} on {key.backend} {key.dtype}", engine.fidelity, key.dtype, min_fidelity)
-    logger.info("loaded %s model %s on %s %s in %.2fs (%s)", key.kind, key.model, key.backend, key.dtype,
-                time.perf_counter() - start, _fidelity.describe(engine.fidelity))
-    return engine
 
+    def __init__(self, key: EngineKey, reference: Reference) -> None:
+        self.key, self.reference = key, reference
+        self.bar: Any = None
 
-def recorded_fidelity(key: EngineKey) -> dict | None:
-    """The figures this host recorded for ``key``'s export, read without opening it (None: not gated yet)."""
-    path = _hub.resolve(key.model, key.revision)
-    directory = _export.export_dir(key, {"model": key.model, **_fingerprint.weights(path)})
-    if _export.manifest(directory) is None:
-        return None
-    return _fidelity.recorded(directory, key.dtype)
+    def start(self, what: str) -> None:
+        size = fingerprint.weights_bytes(self.reference.path) / 2**20
+        self.bar = progress.announce(
+            f"lancedb_baai: preparing {self.key.model} for {what} on this machine, once "
+            f"({size:.1f} MiB of weights: export, then the fidelity gate; `lancedb-baai export` does it ahead of time)")
 
+    def __enter__(self) -> _Announcement:
+        return self
 
-def gated_engine(key: EngineKey, trust_remote_code: bool = False) -> Any:
-    """The exported engine of ``key`` with its fidelity figures, whatever they are (no verdict)."""
-    from ..runtimes.exported import open_export
-
-    if trust_remote_code:
-        raise ValueError(f"backend={key.backend!r} cannot export a model that runs its own code "
-                         "(trust_remote_code=True): use backend='torch' for it")
-    path = _hub.resolve(key.model, key.revision)
-    weights = {"model": key.model, **_fingerprint.weights(path)}
-    reference = _Reference(key, trust_remote_code)
-    directory = _export.ensure(key, weights, _hub.model_lock(key.model, key.revision), reference.engine)
-    engine = open_export(key, directory, key.max_length)
-    engine.weights = weights
-    engine.fidelity = gate(key, engine, directory, reference)
-    return engine
-
-
-def gate(key: EngineKey, engine: Any, directory: Path, reference: _Reference) -> dict:
-    """The fidelity figures of ``engine`` on this host: recorded ones, else measured now and recorded."""
-    figures = _fidelity.recorded(directory, key.dtype)
-    if figures is not None:
-        return figures
-    with _hub.model_lock(key.model, key.revision):
-        figures = _fidelity.recorded(directory, key.dtype)
-        if figures is None:
-            figures = {**_fidelity.measure(key.kind, reference.engine(), engine),
-                       "backend": key.backend, "precision": key.dtype, "reference": "torch float32 (cpu)"}
-            _fidelity.record(directory, key.dtype, figures)
-    return figures
-
-
-class _Reference:
-    """The float32 torch engine an export is traced from and measured against, loaded at most once."""
-
-    def __init__(self, key: EngineKey, trust_remote_code: bool) -> None:
-        self._key = replace(key, backend="torch", device="cpu", dtype="float32")
-        self._trust = trust_remote_code
-        self._engine: _TorchEngine | None = None
-
-    def engine(self) -> _TorchEngine:
-        if self._engine is None:
-            self._engine = load_torch(self._key, self._trust)
-        return self._engine
-
-
-@contextmanager
-def quiet_transformers(show_progress: bool = False) -> Iterator[None]:
-    """No transformers progress bar or load report inside the block unless asked for."""
-    from transformers.utils import logging as hf_logging
-
-    bar_was_on, verbosity = hf_logging.is_progress_bar_enabled(), hf_logging.get_verbosity()
-    if not show_progress:
-        hf_logging.disable_progress_bar()
-        hf_logging.set_verbosity_error()
-    try:
-        yield
-    finally:
-        if bar_was_on:
-            hf_logging.enable_progress_bar()
-        hf_logging.set_verbosity(verbosity)
-
-
-def _load_embedder(key: EngineKey, path: Path, trust_remote_code: bool) -> BAAIEmbeddingEngine:
-    if _hub.architectures(path, "ForSequenceClassification"):
-        raise _hub.WrongModelError(
-            f"{str(path)!r} is a cross-encoder reranker, not an embedding model. Use it with "
-            "'local-baai-rerank' / BAAIReranker, and give 'local-baai' a bge embedder."
-        )
-    if (path / "modules.json").is_file():
-        return _load_st_embedder(key, path, trust_remote_code)
-    return _load_plain_embedder(key, path, trust_remote_code)
-
-
-def _load_st_embedder(key: EngineKey, path: Path, trust_remote_code: bool) -> BAAIEmbeddingEngine:
-    """A sentence-transformers layout, its modules (pooling, dense, normalize) as written."""
-    from sentence_transformers import SentenceTransformer
-
-    model = SentenceTransformer(str(path), device="cpu", trust_remote_code=trust_remote_code,
-                                local_files_only=True)
-    if key.max_length is not None:
-        model.max_seq_length = key.max_length
-    dims = _hub.embedding_dims(path)
-    return BAAIEmbeddingEngine(key, model, model.tokenizer, model.max_seq_length, dims,
-                               lambda batch: model(batch)["sentence_embedding"])
-
-
-def _load_plain_embedder(key: EngineKey, path: Path, trust_remote_code: bool) -> BAAIEmbeddingEngine:
-    """A plain transformers export: bge's CLS pooling on the last hidden state."""
-    from transformers import AutoModel, AutoTokenizer
-
-    model = AutoModel.from_pretrained(str(path), trust_remote_code=trust_remote_code)
-    tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
-    max_length = key.max_length or native_max_length(model.config, tokenizer)
-    return BAAIEmbeddingEngine(key, model, tokenizer, max_length, model.config.hidden_size,
-                               lambda batch: model(**batch).last_hidden_state[:, 0])
-
-
-def _load_reranker(key: EngineKey, path: Path, trust_remote_code: bool) -> BAAIRerankEngine:
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    _check_cross_encoder(path)
-    model = AutoModelForSequenceClassification.from_pretrained(
-        str(path), trust_remote_code=trust_remote_code)
-    tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
-    max_length = key.max_length or min(512, native_max_length(model.config, tokenizer))
-    return BAAIRerankEngine(key, model, tokenizer, max_length)
-
-
-def _check_cross_encoder(path: Path) -> None:
-    """Refuse an embedder or a multi-label classifier before loading it as a reranker."""
-    config = _hub.read_json(path / "config.json")
-    architectures = config.get("architectures") or []
-    if not _hub.architectures(path, "ForSequenceClassification"):
-        raise _hub.WrongModelError(
-            f"{str(path)!r} is an embedding model ({', '.join(architectures) or 'no classifier head'}), "
-            "not a cross-encoder reranker. Use it with 'local-baai' for embeddings, and give "
-            "the reranker a bge-reranker model such as 'BAAI/bge-reranker-base'."
-        )
-    labels = len(config.get("id2label") or {}) or config.get("num_labels", 1)
-    if labels != 1:
-        raise _hub.WrongModelError(
-            f"{str(path)!r} is a classifier with {labels} labels; a bge reranker has a single "
-            "relevance logit (num_labels=1). Pass a bge-reranker model directory."
-        )
-
-
-_LOADERS: dict[str, Loader] = {"embed": _load_embedder, "rerank": _load_reranker, "m3": load_m3_engine}
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.close()

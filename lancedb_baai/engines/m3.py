@@ -14,14 +14,13 @@ from __future__ import annotations
 import threading
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from ..models.catalog import HEAD_FILES
-from ..models.hub import WrongModelError
-from .torch_engines import BAAIEmbeddingEngine, native_max_length
+from ..runtimes.base import Graph, Session
+from .base import unit_rows
+from .embed import EmbeddingEngine
 
 if TYPE_CHECKING:
     from .cache import EngineKey
@@ -87,17 +86,17 @@ class _Memo:
     result: M3Output
 
 
-class BGEM3Engine(BAAIEmbeddingEngine):
-    """bge-m3 on one device: ``encode`` gives the dense vectors, ``outputs`` any of the three."""
+class BGEM3Engine(EmbeddingEngine):
+    """bge-m3 on one device: ``encode`` gives the dense vectors, ``outputs`` any of the three.
 
-    kind = "m3"
+    Its graph returns, per batch, the CLS vectors, each token's lexical weight and each
+    token's ColBERT vector from one encoder pass.
+    """
 
-    def __init__(self, key: EngineKey, model: Any, tokenizer: Any, max_length: int) -> None:
-        encoder = model["encoder"]
-        super().__init__(key, model, tokenizer, max_length, encoder.config.hidden_size,
-                         lambda batch: encoder(**batch).last_hidden_state[:, 0])
-        self.colbert_dims = int(model["colbert"].out_features)
-        self._special_ids = np.array(sorted(_special_ids(tokenizer)), dtype=np.int64)
+    def __init__(self, key: EngineKey, session: Session, graph: Graph) -> None:
+        super().__init__(key, session, graph)
+        self.colbert_dims = int(graph.extra["colbert_dims"])
+        self._special_ids = np.array(sorted(graph.extra["special_ids"]), dtype=np.int64)
         self._memo: _Memo | None = None
         self._memo_lock = threading.Lock()
 
@@ -116,7 +115,7 @@ class BGEM3Engine(BAAIEmbeddingEngine):
                 batch_size: int = 32, progress: bool = False) -> M3Output:
         """The ``want`` outputs of ``texts``, from what the last pass left over or from a new pass.
 
-        A new pass also computes the dense vector (it is free: the CLS row) and the ColBERT
+        A new pass also keeps the dense vector (it is free: the CLS row) and the ColBERT
         vectors when a ColBERT column is filled from this model; what the caller did not
         ask for is kept, keyed by the texts, for the next caller to take.
         """
@@ -131,13 +130,8 @@ class BGEM3Engine(BAAIEmbeddingEngine):
             self._keep(texts, result, (want | extra) - want)
         result = result.only(want)
         if normalize and result.dense is not None:
-            result = replace(result, dense=_unit_rows(result.dense))
+            result = replace(result, dense=unit_rows(result.dense))
         return result
-
-    def forget(self) -> None:
-        """Drop the outputs kept from the last pass."""
-        with self._memo_lock:
-            self._memo = None
 
     def _take(self, texts: list[str], want: set[str]) -> M3Output | None:
         """The kept outputs for ``texts``, if all are there; an output wholly taken is dropped."""
@@ -161,54 +155,36 @@ class BGEM3Engine(BAAIEmbeddingEngine):
                 self._memo = memo
 
     def _compute(self, texts: list[str], want: set[str], batch_size: int, progress: bool) -> M3Output:
-        """One forward pass per batch; every wanted output is read from the same hidden states."""
-        import torch
-
+        """One runtime call per batch; every wanted output is read from the same pass."""
         n = len(texts)
         dense = np.empty((n, self.dims), dtype=np.float32)
         sparse: list[Any] | None = [None] * n if "sparse" in want else None
         colbert: list[Any] | None = [None] * n if "colbert" in want else None
         if n:
-            features = self._tokenize(texts)
-            with torch.inference_mode():
-                for index, batch in self._batches(features, batch_size, progress, "embedding"):
-                    hidden = self.model["encoder"](**batch).last_hidden_state
-                    dense[index] = hidden[:, 0].float().cpu().numpy()
-                    mask = batch["attention_mask"].bool()
-                    if sparse is not None:
-                        for i, row in zip(index, self._lexical_weights(hidden, batch["input_ids"], mask)):
-                            sparse[i] = row
-                    if colbert is not None:
-                        for i, row in zip(index, self._colbert_vectors(hidden, mask)):
-                            colbert[i] = row
+            for index, feeds, (cls, weights, vectors) in self._run(texts, batch_size, progress, "embedding"):
+                dense[index] = cls
+                mask = feeds["attention_mask"].astype(bool)
+                if sparse is not None:
+                    for i, row in zip(index, self._lexical_weights(weights, feeds["input_ids"], mask)):
+                        sparse[i] = row
+                if colbert is not None:
+                    for i, row in zip(index, _colbert_vectors(vectors, mask)):
+                        colbert[i] = row
         return M3Output(dense, sparse, colbert)
 
-    def _lexical_weights(self, hidden: Any, input_ids: Any, mask: Any) -> list[dict[int, float]]:
-        """relu(sparse_linear(h)) per token, the largest per token id, special tokens left out."""
-        import torch
-
-        weights = torch.relu(self.model["sparse"](hidden)).squeeze(-1).float().cpu().numpy()
-        ids, mask = input_ids.cpu().numpy(), mask.cpu().numpy()
+    def _lexical_weights(self, weights: np.ndarray, ids: np.ndarray, mask: np.ndarray) -> list[dict[int, float]]:
+        """relu(sparse_linear(h)) per token (from the graph), the largest per token id, special tokens left out."""
         rows = []
         for row_ids, row_weights, row_mask in zip(ids, weights, mask):
             keep = row_mask & (row_weights > 0) & ~np.isin(row_ids, self._special_ids)
             rows.append(_max_per_id(row_ids[keep], row_weights[keep]))
         return rows
 
-    def _colbert_vectors(self, hidden: Any, mask: Any) -> list[np.ndarray]:
-        """colbert_linear(h) of every real token after CLS, each vector L2-normalised."""
-        import torch
 
-        vectors = self.model["colbert"](hidden[:, 1:]).float()
-        vectors = torch.nn.functional.normalize(vectors, p=2, dim=-1).cpu().numpy()
-        token_mask = mask[:, 1:].cpu().numpy()
-        return [np.ascontiguousarray(v[m]) for v, m in zip(vectors, token_mask)]
-
-
-def _special_ids(tokenizer: Any) -> set[int]:
-    """The tokens bge-m3 gives no lexical weight: cls, eos, pad and unk (those the tokenizer has)."""
-    ids = (getattr(tokenizer, f"{name}_token_id", None) for name in ("cls", "eos", "pad", "unk"))
-    return {int(i) for i in ids if i is not None}
+def _colbert_vectors(vectors: np.ndarray, mask: np.ndarray) -> list[np.ndarray]:
+    """colbert_linear(h) of every real token after CLS (from the graph), each vector L2-normalised."""
+    vectors = unit_rows(vectors)
+    return [np.ascontiguousarray(v[m]) for v, m in zip(vectors, mask[:, 1:])]
 
 
 def _max_per_id(ids: np.ndarray, weights: np.ndarray) -> dict[int, float]:
@@ -218,66 +194,3 @@ def _max_per_id(ids: np.ndarray, weights: np.ndarray) -> dict[int, float]:
     best = np.zeros(unique.size, dtype=np.float32)
     np.maximum.at(best, position, weights)
     return dict(zip(unique.tolist(), best.tolist()))
-
-
-def _unit_rows(matrix: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
-    return (matrix / np.maximum(norms, 1e-12)).astype(np.float32, copy=False)
-
-
-def load_m3_engine(key: EngineKey, path: Path, trust_remote_code: bool = False) -> BGEM3Engine:
-    """bge-m3 from ``path``: the encoder, its tokenizer and both heads, as one module."""
-    import torch
-    from transformers import AutoModel, AutoTokenizer
-
-    missing = [name for name in HEAD_FILES if not (path / name).is_file()]
-    if missing:
-        raise FileNotFoundError(
-            f"{str(path)!r} is not a complete bge-m3 model: {' and '.join(missing)} "
-            f"{'is' if len(missing) == 1 else 'are'} missing. bge-m3 keeps its ColBERT and sparse "
-            "heads in colbert_linear.pt and sparse_linear.pt beside the encoder weights; copy "
-            "the whole BAAI/bge-m3 snapshot, or use 'local-baai' for a dense-only model."
-        )
-    encoder = AutoModel.from_pretrained(str(path), trust_remote_code=trust_remote_code)
-    tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
-    hidden = encoder.config.hidden_size
-    model = torch.nn.ModuleDict({
-        "encoder": encoder,
-        "colbert": _head(path / "colbert_linear.pt", hidden, None),
-        "sparse": _head(path / "sparse_linear.pt", hidden, 1),
-    })
-    max_length = key.max_length or native_max_length(encoder.config, tokenizer)
-    return BGEM3Engine(key, model, tokenizer, max_length)
-
-
-def _head(file: Path, hidden: int, out_features: int | None) -> Any:
-    """A Linear head from its saved state dict, checked against the encoder's width."""
-    import torch
-
-    state = torch.load(file, map_location="cpu", weights_only=True)
-    weight = state.get("weight")
-    if weight is None or weight.dim() != 2 or weight.shape[1] != hidden or (
-            out_features is not None and weight.shape[0] != out_features):
-        shape = None if weight is None else tuple(weight.shape)
-        expected = f"({out_features or 'n'}, {hidden})"
-        raise WrongModelError(
-            f"{str(file)!r} holds a weight of shape {shape}, but the encoder is {hidden} wide: "
-            f"expected {expected}. The head files must come from the same bge-m3 checkpoint as the encoder."
-        )
-    head = torch.nn.Linear(weight.shape[1], weight.shape[0], bias="bias" in state)
-    head.load_state_dict(state)
-    return head
-
-
-def colbert_dims_from_file(path: Path) -> int:
-    """Width of the ColBERT vectors saved in ``path``'s colbert_linear.pt, without the encoder."""
-    import torch
-
-    file = path / "colbert_linear.pt"
-    if not file.is_file():
-        raise FileNotFoundError(
-            f"{str(path)!r} has no colbert_linear.pt, so it is not a bge-m3 model with ColBERT "
-            "vectors. Pass the directory of a bge-m3 snapshot."
-        )
-    state = torch.load(file, map_location="cpu", weights_only=True)
-    return int(state["weight"].shape[0])

@@ -34,3 +34,10 @@ def bar(enabled: bool, total: int, desc: str):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc=desc, unit="text", leave=False)
+
+
+def announce(message: str):
+    """One line on stderr for a one-time step that takes long; it shows the elapsed time when closed."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=None, desc=message, bar_format="{desc} [{elapsed}]", file=sys.stderr, mininterval=1.0)

@@ -8,9 +8,13 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, BeforeValidator, Field, ValidationInfo, field_validator, model_validator
 
-from ..models import fidelity as _fidelity, fingerprint as _fingerprint, hub as _hub
-from ..engines.choice import Choice, check_backend, check_precision, choose
 from ..engines.cache import CACHE, EngineKey
+from ..engines.choice import Choice, Wanted, check_backend, check_precision, choose, peek
+from ..engines.cache import Loaded
+from ..engines.factory import load, recorded_figures
+from ..models import fidelity as _fidelity, fingerprint as _fingerprint, hub as _hub
+from ..runtimes import remote
+from .drift import check
 from ..runtimes.device import check_device, check_dtype, dtype_decision
 
 logger = logging.getLogger(__name__)
@@ -120,46 +124,55 @@ class EngineConfig(EngineOptions):
 
     def engine_key(self) -> EngineKey:
         """The cache key of this configuration's engine (resolves "auto" backend, device and dtype)."""
-        choice = self.backend_choice()
+        return self._key(self.backend_choice())
+
+    def _key(self, choice: Choice) -> EngineKey:
         return EngineKey(self._engine_kind(), _hub.model_id(self.name), self.revision, choice.device,
                          choice.dtype, self.max_length, choice.backend)
+
+    def wanted(self) -> Wanted:
+        """What this configuration asks of the backend choice."""
+        return Wanted(self._engine_kind(), _hub.model_id(self.name), self.revision, self.backend, self.precision,
+                      self.dtype, self.device, self.max_length, self.trust_remote_code, self.min_fidelity)
 
     def backend_choice(self) -> Choice:
         """Which backend, device and dtype run this configuration here, and why (memoised per process).
 
-        "auto" may export and gate the model on its first use on a host (see :mod:`._backends`).
+        "auto" may export and gate the model on its first use on a host (see :mod:`lancedb_baai.engines.choice`).
         """
-        return choose(self._engine_kind(), _hub.model_id(self.name), self.revision, self.backend,
-                      self.precision, self.dtype, self.device, self.trust_remote_code, self.min_fidelity)
+        return choose(self.wanted())
 
     def _engine_kind(self) -> str:
         """The kind of engine that serves this configuration; a subclass may decide by the model."""
         return self.engine_kind
 
-    def engine(self) -> Any:
-        """This configuration's engine from the per-process cache, loaded on first use.
+    def loaded(self) -> Loaded:
+        """This configuration's engine and its record from the per-process cache, loaded on first use.
 
         An ONNX Runtime / OpenVINO engine loaded by a laxer configuration is refused here
         if its fidelity figures fall below this one's threshold.
         """
-        engine = CACHE.get(self.engine_key(), self._load)
-        figures = getattr(engine, "fidelity", None)
-        if figures is not None:
-            _fidelity.enforce(f"{self.name} on {engine.key.backend} {engine.key.dtype}", figures,
-                              engine.key.dtype, self.min_fidelity)
-        return engine
+        loaded = CACHE.get(self.engine_key(), self.load_engine)
+        if loaded.fidelity is not None:
+            key = loaded.key
+            _fidelity.enforce(f"{self.name} on {key.backend} {key.dtype}", loaded.fidelity, key.dtype,
+                              self.min_fidelity)
+        return loaded
+
+    def engine(self) -> Any:
+        """The engine that runs this configuration: a server's when ``url`` is set, else this process's."""
+        if self.url:
+            return remote.engine(self.engine_kind, self.url, self.name, self.api_key)
+        return self.loaded().engine
 
     def fingerprint(self) -> dict[str, Any] | None:
         """What identifies the vectors this function makes; None for functions that make none."""
         return None
 
-    def _load(self, key: EngineKey) -> Any:
-        from ..engines.factory import load_engine
-
-        engine = load_engine(key, self.trust_remote_code, show_progress=self.show_progress is True,
-                             min_fidelity=self.min_fidelity)
-        engine.backend_reason = self.backend_choice().reason  # what cache_info() shows
-        return engine
+    def load_engine(self, key: EngineKey) -> Loaded:
+        """Load the engine of ``key`` for this configuration (what the cache calls on a cold key)."""
+        return load(key, self.trust_remote_code, show_progress=self.show_progress is True,
+                    min_fidelity=self.min_fidelity, reason=self.backend_choice().reason)
 
     def __repr_args__(self):
         """The configuration without LanceDB's ``max_retries``, which these functions never use."""
@@ -185,21 +198,39 @@ class EngineConfig(EngineOptions):
         return {k: "***" if k in SENSITIVE_FIELDS else v for k, v in self.model_dump(exclude_defaults=True).items()}
 
     def provenance(self) -> dict[str, Any]:
-        """Package version, and the backend, device and dtype this process embeds with (and why)."""
+        """Package version, and the backend, device and dtype this process embeds with (and why).
+
+        Nothing is loaded: the backend is the one asked for, or the one "auto" chose from the
+        verdicts recorded on this host (else ``"auto"``, chosen at first use), and the gate's
+        figures are those recorded for it (see :meth:`EmbedderConfig.stored_provenance`).
+        """
         from .._version import __version__
 
         if self.url:  # the server decides; this process has no torch to ask
             return {"version": __version__, "served_by": self.url}
-        choice = self.backend_choice()
-        why = choice.reason
-        if choice.backend == "torch":
-            why = dtype_decision(self.dtype if self.precision is None else choice.dtype, choice.device)[1]
-        provenance = {"version": __version__, "backend": choice.backend, "device": choice.device,
-                      "dtype": choice.dtype, "dtype_reason": why}
-        if choice.backend != "torch":  # the figures the gate measured for this engine on this host
-            provenance["fidelity"] = self.engine().fidelity
+        choice = peek(self.wanted())
+        provenance: dict[str, Any] = {"version": __version__, "backend": self.backend, "device": None,
+                                      "dtype": None, "dtype_reason": "chosen at the first embed"}
+        if choice is not None:
+            why = choice.reason
+            if choice.backend == "torch":
+                why = dtype_decision(self.dtype if self.precision is None else choice.dtype, choice.device)[1]
+            provenance.update(backend=choice.backend, device=choice.device, dtype=choice.dtype, dtype_reason=why)
+            figures = self._figures(self._key(choice))
+            if figures is not None:
+                provenance["fidelity"] = figures
         fingerprint = self.fingerprint()
         return provenance if fingerprint is None else {**provenance, "fingerprint": fingerprint}
+
+    def _figures(self, key: EngineKey) -> dict[str, Any] | None:
+        """The gate's figures for ``key``: the loaded engine's, else those recorded on this host (no load)."""
+        if key.backend == "torch":
+            return None
+        loaded = CACHE.peek(key)
+        if loaded is not None:
+            return loaded.fidelity
+        path = _hub.cached_dir(self.name, self.revision)
+        return None if path is None else recorded_figures(key, path)
 
 
 def _secret_value(name: str, value: Any) -> bool:
@@ -217,28 +248,45 @@ class EmbedderConfig(EngineConfig):
     on_drift: Literal["error", "warn"] = "error"
     """What a table's function does when the model serving it is not the one that made its vectors."""
 
-    def _semantics(self) -> dict[str, Any]:
+    def semantics(self) -> dict[str, Any]:
         """What this function adds to the model: output, normalization, query instruction."""
         raise NotImplementedError
 
     def _dims_of(self, engine: Any) -> int:
         return int(engine.dims)
 
-    def engine(self) -> Any:
-        """The engine, checked once against the fingerprint stored with the table this function came from."""
-        engine = super().engine()
-        stored = self.stored_provenance()
+    def loaded(self) -> Loaded:
+        """The loaded engine, checked once against the fingerprint stored with the table this function came from."""
+        loaded = super().loaded()
+        stored = self._stored()
         if stored is not None:
-            from .drift import check
+            check(self, loaded, stored)
+        return loaded
 
-            check(self, engine, stored)
-        return engine
-
-    def stored_provenance(self) -> dict[str, Any] | None:
-        """What the table this function was rebuilt from recorded under :data:`METADATA_KEY`, else None."""
+    def _stored(self) -> dict[str, Any] | None:
         original = getattr(self, "_original_args", None) or {}
         stored = original.get(METADATA_KEY)
         return stored if isinstance(stored, dict) else None
+
+    def stored_provenance(self) -> dict[str, Any] | None:
+        """What the table this function was rebuilt from recorded under :data:`METADATA_KEY`, else None.
+
+        A table created before its backend was measured on this host (a schema declared on
+        a new machine) records the backend and, once the first rows are embedded, the gate's
+        figures recorded for it here; they are filled in from this host's records.
+        """
+        stored = self._stored()
+        if stored is None or stored.get("served_by") or stored.get("fidelity") is not None:
+            return stored
+        choice = peek(self.wanted())
+        figures = None if choice is None else self._figures(self._key(choice))
+        if figures is None:
+            return stored
+        now = {"backend": choice.backend, "dtype": choice.dtype}
+        fingerprint = stored.get("fingerprint")
+        if isinstance(fingerprint, dict) and fingerprint.get("dtype") is None:
+            fingerprint = {**fingerprint, **now}
+        return {**stored, **now, "device": choice.device, "fidelity": figures, "fingerprint": fingerprint}
 
     def fingerprint(self) -> dict[str, Any] | None:
         """The model and settings that make this function's vectors now (no weights are loaded).
@@ -248,18 +296,20 @@ class EmbedderConfig(EngineConfig):
         """
         if self.url:
             return None
-        return self.fingerprint_of(CACHE.peek(self.engine_key()))
+        choice = peek(self.wanted())
+        return self.fingerprint_of(None if choice is None else CACHE.peek(self._key(choice)), choice)
 
-    def fingerprint_of(self, engine: Any) -> dict[str, Any]:
-        """The fingerprint of this function's vectors when made by ``engine`` (None: from the files)."""
+    def fingerprint_of(self, loaded: Loaded | None, choice: Choice | None = None) -> dict[str, Any]:
+        """The fingerprint of this function's vectors when made by ``loaded`` (None: from the files)."""
         from .._version import __version__
 
-        if engine is not None:
-            weights, dims, dtype, backend = engine.weights, self._dims_of(engine), engine.key.dtype, engine.key.backend
+        if loaded is not None:
+            key = loaded.key
+            weights, dims, dtype, backend = loaded.weights, self._dims_of(loaded.engine), key.dtype, key.backend
         else:
-            key = self.engine_key()
-            weights, dims, dtype, backend = self._files_fingerprint(), self.ndims(), key.dtype, key.backend
-        return {**weights, **self._semantics(), "dims": dims, "dtype": dtype, "backend": backend,
+            dtype, backend = (None, self.backend) if choice is None else (choice.dtype, choice.backend)
+            weights, dims = self._files_fingerprint(), self.ndims()
+        return {**weights, **self.semantics(), "dims": dims, "dtype": dtype, "backend": backend,
                 "version": __version__}
 
     def _files_fingerprint(self) -> dict[str, Any]:

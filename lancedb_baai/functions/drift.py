@@ -61,18 +61,18 @@ def policy(function: Any) -> str:
     return value
 
 
-def check(function: Any, engine: Any, stored: dict[str, Any]) -> None:
-    """Refuse (or warn about) ``engine`` if it does not make the vectors ``stored`` describes."""
+def check(function: Any, loaded: Any, stored: dict[str, Any]) -> None:
+    """Refuse (or warn about) the ``loaded`` engine if it does not make the vectors ``stored`` describes."""
     token = json.dumps(stored, sort_keys=True, default=str)
-    if token in engine.drift_checked:
+    if token in loaded.checked:
         return
     recorded = stored.get("fingerprint")
     if not isinstance(recorded, dict):
         logger.info("this table was written by lancedb_baai %s, which recorded no model fingerprint: its "
                     "vectors cannot be checked against %s", stored.get("version", "?"), function.name)
-        engine.drift_checked.add(token)
+        loaded.checked.add(token)
         return
-    current = function.fingerprint_of(engine)
+    current = function.fingerprint_of(loaded)
     differences = _fingerprint.differences(recorded, current)
     if differences:
         error = EmbeddingDriftError(recorded, current, differences)
@@ -82,7 +82,7 @@ def check(function: Any, engine: Any, stored: dict[str, Any]) -> None:
     elif recorded.get("dtype") != current.get("dtype"):
         logger.info("%s: same weights as the column's vectors, in %s instead of %s (allowed)",
                     function.name, current.get("dtype"), recorded.get("dtype"))
-    engine.drift_checked.add(token)
+    loaded.checked.add(token)
 
 
 def describe(table: Any) -> TableModels:

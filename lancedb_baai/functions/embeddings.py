@@ -9,12 +9,13 @@ from lancedb.embeddings import TextEmbeddingFunction, register
 
 from ..models import catalog as _catalog
 from ..engines import progress as _progress
-from ..engines.choice import EXPORTED
+from ..engines import kinds
 from .config import EmbedderConfig
 from .inputs import NoRetry, check_queries, check_texts
 
 
 @register("local-baai")
+@kinds.function_of("embed")
 class BAAIEmbeddings(NoRetry, EmbedderConfig, TextEmbeddingFunction):
     """Embeddings from a local bge model, loaded once per process and shared.
 
@@ -71,9 +72,7 @@ class BAAIEmbeddings(NoRetry, EmbedderConfig, TextEmbeddingFunction):
     def ndims(self) -> int:
         """Vector width, from the catalog or the model's config files: no weights are loaded."""
         if self.url:
-            from ..runtimes import remote as client
-
-            return client.model(self.url, self.name, "embed", self.api_key)["dims"]
+            return self.engine().dims
         return _catalog.vector_dims(self.name, self.revision)
 
     def _engine_kind(self) -> str:
@@ -82,11 +81,11 @@ class BAAIEmbeddings(NoRetry, EmbedderConfig, TextEmbeddingFunction):
         On ONNX Runtime or OpenVINO, bge-m3's dense vector (CLS, normalized) is exported as
         any bge embedder is; its sparse and ColBERT outputs stay on torch.
         """
-        if self.backend in EXPORTED or not _catalog.is_m3(self.name, self.revision):
+        if self.backend not in ("auto", "torch") or not _catalog.is_m3(self.name, self.revision):
             return self.engine_kind
         return "m3"
 
-    def _semantics(self) -> dict:
+    def semantics(self) -> dict:
         pooling_is_m3 = {"pooling": "cls"} if _catalog.is_m3(self.name, self.revision) else {}
         return {**pooling_is_m3, "output": "dense", "normalize": self.normalize,
                 "query_instruction": self.instruction()}
@@ -107,10 +106,6 @@ class BAAIEmbeddings(NoRetry, EmbedderConfig, TextEmbeddingFunction):
         return self._embed(check_texts(texts))
 
     def _embed(self, texts: list[str]) -> list[np.ndarray]:
-        if self.url:
-            from ..runtimes import remote as client
-
-            return list(client.embed(self.url, self.name, texts, normalize=self.normalize, api_key=self.api_key))
         progress = _progress.wanted(self.show_progress, len(texts))
         vectors = self.engine().encode(texts, normalize=self.normalize, batch_size=self.batch_size,
                                        progress=progress)

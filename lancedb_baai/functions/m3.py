@@ -29,7 +29,9 @@ from ..engines import progress as _progress
 from .arrow import multivector_array
 from .config import EmbedderConfig, EngineConfig
 from .inputs import NoRetry, check_queries, check_query, check_texts
-from ..engines.m3 import BGEM3Engine, M3Output, Output, colbert_dims_from_file, want_colbert_with_every_pass
+from ..engines import kinds
+from ..engines.m3 import BGEM3Engine, M3Output, Output, want_colbert_with_every_pass
+from ..runtimes.torch_modules import colbert_dims_from_file
 from .reranker import BAAIReranker, ReturnScore, model_name_option
 
 __all__ = ["BGEM3ColbertEmbeddings", "BGEM3Embeddings", "BGEM3Reranker", "M3Output", "SPARSE_TYPE",
@@ -76,6 +78,7 @@ def _engine_of(function: EngineConfig) -> BGEM3Engine:
     return engine
 
 
+@kinds.function_of("m3")
 class BGEM3Embeddings(_M3Config):
     """bge-m3 as one model with three outputs, and M3's combined relevance score.
 
@@ -104,7 +107,7 @@ class BGEM3Embeddings(_M3Config):
                              "ColBERT) with a positive sum, e.g. (0.4, 0.2, 0.4)")
         return value
 
-    def _semantics(self) -> dict:
+    def semantics(self) -> dict:
         return {"pooling": "cls", "output": "dense", "normalize": True, "query_instruction": ""}
 
     def ndims(self) -> int:
@@ -184,7 +187,7 @@ class BGEM3ColbertEmbeddings(NoRetry, _M3Config, TextEmbeddingFunction):
         super().model_post_init(context)
         want_colbert_with_every_pass(_hub.model_id(self.name))
 
-    def _semantics(self) -> dict:
+    def semantics(self) -> dict:
         return {"pooling": "cls", "output": "colbert", "normalize": True, "query_instruction": ""}
 
     def _dims_of(self, engine: Any) -> int:

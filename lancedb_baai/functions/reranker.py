@@ -11,6 +11,7 @@ from lancedb.embeddings import EmbeddingFunction, register
 from lancedb.rerankers import Reranker
 
 from ..engines import progress as _progress
+from ..engines import kinds
 from .config import EngineConfig
 from .inputs import NoRetry, check_query, check_texts
 
@@ -18,6 +19,7 @@ ReturnScore = Literal["relevance", "all"]
 
 
 @register("local-baai-rerank")
+@kinds.function_of("rerank")
 class BAAIRerankFunction(NoRetry, EngineConfig, EmbeddingFunction):
     """A bge cross-encoder, configured once and loaded once per process.
 
@@ -55,11 +57,6 @@ class BAAIRerankFunction(NoRetry, EngineConfig, EmbeddingFunction):
         check_query(query)
         passages = check_texts(passages, "passage",
                                advice="A cross-encoder scores strings only: fill or drop such passages.")
-        if self.url:
-            from ..runtimes import remote as client
-
-            return client.rerank(self.url, self.name, query, passages, raw_scores=not self.normalize,
-                                 api_key=self.api_key).tolist()
         progress = _progress.wanted(self.show_progress, len(passages))
         scores = self.engine().score(query, passages, normalize=self.normalize,
                                      batch_size=self.batch_size, progress=progress)

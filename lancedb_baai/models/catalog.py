@@ -104,6 +104,23 @@ def _hub_is_m3(name: str, revision: str | None) -> bool:
     return path is not None and has_m3_heads(path)
 
 
+def kind_of(name: str, revision: str | None = None) -> str | None:
+    """What a model is, from the catalog or its files: "embed", "rerank" or "m3"; None when nothing here says.
+
+    A cross-encoder has a ``*ForSequenceClassification`` architecture, bge-m3 its two head
+    files beside the encoder; any other readable model is an embedder.
+    """
+    spec = None if _hub.is_local(name) else lookup(name)
+    if spec is not None:
+        return spec.kind
+    path = Path(os.path.expanduser(name)) if _hub.is_local(name) else _hub.cached_dir(name, revision)
+    if path is None or not (path / "config.json").is_file():
+        return None
+    if _hub.architectures(path, "ForSequenceClassification"):
+        return "rerank"
+    return "m3" if has_m3_heads(path) else "embed"
+
+
 @functools.lru_cache(maxsize=256)
 def vector_dims(name: str, revision: str | None = None) -> int:
     """The dense vector width of ``name``: the catalog's for hub ids, else from its config files.

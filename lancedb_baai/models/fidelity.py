@@ -107,15 +107,9 @@ def calibration_texts(count: int = 128) -> list[str]:
     return list(_paragraphs()[1: 2 * count: 2])
 
 
-def measure(kind: str, reference: Any, candidate: Any) -> dict[str, Any]:
-    """Compare ``candidate`` with the float32 torch ``reference`` engine on the gate set."""
+def measure_vectors(reference: Any, candidate: Any) -> dict[str, Any]:
+    """An embedder against the float32 torch ``reference``: mean top-10 overlap and lowest cosine on the gate set."""
     passages, queries = gate_set()
-    if kind == "rerank":
-        return _measure_scores(reference, candidate, passages, queries)
-    return _measure_vectors(reference, candidate, passages, queries)
-
-
-def _measure_vectors(reference: Any, candidate: Any, passages: list[str], queries: list[str]) -> dict[str, Any]:
     texts = passages + queries
     ours, theirs = candidate.encode(texts, normalize=True), reference.encode(texts, normalize=True)
     cosine = np.sum(ours * theirs, axis=1)
@@ -131,7 +125,9 @@ def _top_k(vectors: np.ndarray, split: int) -> list[np.ndarray]:
     return list(np.argsort(-scores, axis=1, kind="stable")[:, :TOP_K])
 
 
-def _measure_scores(reference: Any, candidate: Any, passages: list[str], queries: list[str]) -> dict[str, Any]:
+def measure_scores(reference: Any, candidate: Any) -> dict[str, Any]:
+    """A cross-encoder against the float32 torch ``reference``: Spearman of the scores on the gate set's pairs."""
+    passages, queries = gate_set()
     ours, theirs = [], []
     for i, query in enumerate(queries):
         chosen = [passages[(i * PASSAGES_PER_QUERY + j) % len(passages)] for j in range(PASSAGES_PER_QUERY)]

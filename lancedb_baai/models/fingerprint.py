@@ -135,6 +135,11 @@ def weights(path: Path) -> dict[str, Any]:
     return dict(_weights_of(os.path.realpath(path), stamp))
 
 
+def weights_bytes(path: Path) -> int:
+    """Bytes of the weight files under ``path`` (what a runtime reads to load the model)."""
+    return sum(f.stat().st_size for f in _model_files(path) if f.name.endswith(_WEIGHT_SUFFIXES))
+
+
 def differences(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
     """The compared fields in which two fingerprints differ (fields one of them lacks are skipped)."""
     return [field for field in COMPARED

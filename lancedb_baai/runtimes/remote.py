@@ -1,4 +1,9 @@
-"""The HTTP client of ``url=`` functions: embed and rerank through a ``lancedb-baai serve`` server.
+"""The remote runtime: ``url=`` functions embed and rerank through a ``lancedb-baai serve`` server.
+
+Unlike the local runtimes it sends text: the server tokenizes and runs its own engines
+(there are no model files in this process). :func:`engine` gives an object with the
+local engines' calls (``encode``, ``score``, ``dims``), so a function runs the same
+code whether its model is here or there.
 
 Needs httpx only (no torch, no FastAPI). Connections are pooled per server and per process
 (a forked child opens its own). Requests are retried only when they cannot have been
@@ -83,6 +88,39 @@ def rerank(url: str, name: str, query: str, passages: list[str], raw_scores: boo
         for item in ranked:
             out[start + item["index"]] = item["score"]
     return out
+
+
+class RemoteEmbedder:
+    """A server's embedding model, with the local embedding engine's calls."""
+
+    def __init__(self, url: str, name: str, api_key: str | None) -> None:
+        self.url, self.name, self.api_key = url, name, api_key
+
+    @property
+    def dims(self) -> int:
+        return int(model(self.url, self.name, "embed", self.api_key)["dims"])
+
+    def encode(self, texts: list[str], *, normalize: bool = True, batch_size: int = 32,
+               progress: bool = False) -> np.ndarray:
+        """Vectors for ``texts`` (any instruction already prepended), float32 (n, dims)."""
+        return embed(self.url, self.name, list(texts), normalize=normalize, api_key=self.api_key)
+
+
+class RemoteReranker:
+    """A server's reranker, with the local rerank engine's calls."""
+
+    def __init__(self, url: str, name: str, api_key: str | None) -> None:
+        self.url, self.name, self.api_key = url, name, api_key
+
+    def score(self, query: str, passages: list[str], *, normalize: bool = False, batch_size: int = 32,
+              progress: bool = False) -> np.ndarray:
+        """Scores of ``passages`` against ``query`` (raw logits, or their sigmoid with ``normalize``)."""
+        return rerank(self.url, self.name, query, list(passages), raw_scores=not normalize, api_key=self.api_key)
+
+
+def engine(kind: str, url: str, name: str, api_key: str | None = None) -> RemoteEmbedder | RemoteReranker:
+    """The server at ``url``'s model ``name`` as an engine of ``kind`` ("embed" or "rerank")."""
+    return (RemoteReranker if kind == "rerank" else RemoteEmbedder)(url, name, api_key)
 
 
 def _request(method: str, url: str, path: str, payload: dict[str, Any] | None = None,

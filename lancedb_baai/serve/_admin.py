@@ -21,6 +21,7 @@ from typing import Any
 
 from ..engines import cache as _cache
 from ..models import hub as _hub
+from ..engines.history import History, NothingToRollBack
 from ._service import HISTORY_DEPTH, Current, ServedModel, ServeError, Service
 from ._settings import ModelOptions
 from . import _tables
@@ -54,9 +55,8 @@ class Admin:
                                       "tables will be re-embedded", "dims_changed")
 
             def entry(state: dict[str, Any]) -> dict[str, Any]:
-                history = state["models"].get(model.id, {}).get("history", [])
-                return {"served": new, "version": candidate.version,
-                        "history": [*history, serving][-HISTORY_DEPTH:]}
+                recorded = History.of_entry(state["models"].get(model.id), serving)
+                return History(serving, version, recorded.previous).swapped(new, HISTORY_DEPTH).entry()
 
             return self._commit(model, candidate, entry)
 
@@ -65,16 +65,16 @@ class Admin:
         with self._busy(model_id, "rollback"):
             model = self._served(model_id, kind)
             serving, version = model.current.served, model.current.version  # not the snapshot: see _busy
-            history = list(self.service.store.read()["models"].get(model.id, {}).get("history", []))
-            if not history:
-                raise ServeError(409, f"nothing to roll back for {model.id!r}: it was never swapped",
-                                 "nothing_to_roll_back")
-            previous = history.pop()
-            candidate = self._candidate(model, previous, version + 1,
+            recorded = History.of_entry(self.service.store.read()["models"].get(model.id), serving)
+            try:
+                back = History(serving, version, recorded.previous).rolled_back(repr(model.id))
+            except NothingToRollBack as exc:
+                raise ServeError(409, str(exc), "nothing_to_roll_back") from None
+            candidate = self._candidate(model, back.served, back.version,
                                         f"rollback failed, still serving {serving!r}")
 
             def entry(state: dict[str, Any]) -> dict[str, Any]:
-                return {"served": previous, "version": candidate.version, "history": history}
+                return back.entry()
 
             return self._commit(model, candidate, entry)
 
@@ -92,7 +92,7 @@ class Admin:
 
             def entry(state: dict[str, Any]) -> dict[str, Any]:
                 state["removed"] = [i for i in state.get("removed", []) if i != options.id]
-                return {"served": options.name, "version": 0, "history": [], "options": options.model_dump()}
+                return {**History(options.name).entry(), "options": options.model_dump()}
 
             return self._commit(model, candidate, entry)
 
@@ -187,7 +187,7 @@ class Admin:
         """For an embedder served until now: the ``--table`` columns its vectors fill that ``candidate``'s would not."""
         if model.current is None or model.kind != "embed":
             return None
-        return _tables.affected(self.config.tables, model.current.engine, candidate.engine)
+        return _tables.affected(self.config.tables, model.current.loaded, candidate.loaded)
 
     # ------------------------------------------------------------------ memory
 

@@ -2,7 +2,7 @@
 
 One bounded queue and one worker thread per served model. The worker takes the first
 waiting request, then keeps collecting for at most ``wait_s`` or until the collected texts
-fill the token budget of :mod:`lancedb_baai._batching`, runs one engine call per group of
+fill the token budget of :mod:`lancedb_baai.engines.batching`, runs one engine call per group of
 compatible requests (same engine, same options; for rerank also the same query) and
 answers each request with its own slice. The engine call plans its forward passes by
 token length as any library call does. A full queue is refused at once (the route answers

@@ -24,7 +24,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
-from ..engines import cache as _cache
+from ..engines import cache as _cache, kinds
+from ..engines.history import History
 from ..models import hub as _hub
 from ._batcher import Batcher, Job
 from ._metrics import Metrics
@@ -51,10 +52,14 @@ class Current:
     """What serves one model id right now."""
 
     fn: Any
-    engine: Any
+    loaded: Any
     served: str
     version: int
     revision: str = ""
+
+    @property
+    def engine(self) -> Any:
+        return self.loaded.engine
 
     def header(self) -> str:
         return f"{quote(self.served, safe='/:._-')}@{self.version}"
@@ -74,19 +79,20 @@ class ServedModel:
 
     def function(self, served: str) -> Any:
         """The package's function object (configuration only) for serving ``served`` with these options."""
-        return _function(self.kind)(name=served, show_progress=False, **self.options.engine_options())
+        return kinds.get(self.kind).function()(name=served, show_progress=False, **self.options.engine_options())
 
     def load(self, served: str, version: int) -> Current:
         """A warm snapshot serving ``served`` (loaded through the package's cache; not installed)."""
         fn = self.function(served)
         before = _cache.CACHE.total_loads()
-        engine = fn.engine()
-        if self.kind == "embed":
+        loaded = fn.loaded()
+        engine = loaded.engine
+        if kinds.get(self.kind).makes_vectors:
             engine.encode(["warm-up"], normalize=True)
         else:
             engine.score("warm-up", ["warm-up"])
         self.metrics.loads.labels(self.id).inc(_cache.CACHE.total_loads() - before)
-        return Current(fn, engine, served, version, _revision(served, fn.revision))
+        return Current(fn, loaded, served, version, _revision(served, fn.revision))
 
     def install(self, current: Current) -> None:
         self.current = current
@@ -255,10 +261,10 @@ class Service:
         keep = set()
         for model in self.models.values():
             names = [model.current.served] if model.current else []
-            names += entries.get(model.id, {}).get("history", [])[-1:]
-            keep |= {(_group(model.kind), _hub.model_id(name)) for name in names}
+            names += History.of_entry(entries.get(model.id), model.options.name).previous[-1:]
+            keep |= {(kinds.get(model.kind).group, _hub.model_id(name)) for name in names}
         def unused(key: Any) -> bool:
-            return (_group(key.kind), key.model) not in keep
+            return (kinds.get(key.kind).group, key.model) not in keep
 
         self._doomed += [weakref.ref(engine) for key, engine in _cache.CACHE.engines() if unused(key)]
         return _cache.CACHE.release(unused)
@@ -314,16 +320,6 @@ class Service:
                 "workers": self.store.workers()}
 
 
-def _function(kind: str) -> type:
-    if kind == "embed":
-        from ..functions.embeddings import BAAIEmbeddings
-
-        return BAAIEmbeddings
-    from ..functions.reranker import BAAIRerankFunction
-
-    return BAAIRerankFunction
-
-
 def _settle(doomed: list[weakref.ref], timeout_s: float = 10.0) -> None:
     """Wait for requests still holding a released engine to finish, then return its memory.
 
@@ -343,12 +339,7 @@ def _settle(doomed: list[weakref.ref], timeout_s: float = 10.0) -> None:
         if held:
             logger.warning("%d released engine(s) still held by requests after %.0f s; their memory "
                            "comes back when those requests finish", held, timeout_s)
-        _cache._free_memory()
-
-
-def _group(kind: str) -> str:
-    """bge-m3 embeds on the "m3" engine: for what an id serves, it counts as an embedder."""
-    return "embed" if kind == "m3" else kind
+        _cache.free_memory()
 
 
 def _revision(served: str, revision: str | None) -> str:

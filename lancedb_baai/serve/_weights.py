@@ -65,12 +65,8 @@ def _read_config(path: Path) -> dict[str, Any]:
 
 
 def engine_bytes(engine: Any) -> int:
-    """Bytes of a loaded engine's parameters and buffers (the m3 engine's model included)."""
-    model = getattr(engine, "model", None)
-    if model is None:
-        return 0
-    tensors = [*model.parameters(), *model.buffers()]
-    return sum(t.numel() * t.element_size() for t in tensors)
+    """Bytes of the weights a loaded engine runs on (torch: its parameters and buffers; an export: its graph)."""
+    return engine.session.weight_bytes()
 
 
 def rss() -> int:

@@ -225,7 +225,7 @@ def _plan(table: Any, dataset: Any, function: EmbedderConfig, column: str | None
     """What to write (None: the column already has this model's vectors), or an error before anything is."""
     if not isinstance(function, EmbedderConfig) or function.url:
         raise TypeError(f"reembed needs a local lancedb_baai embedding function (local-baai), not {function!r}")
-    if function._semantics()["output"] != "dense":
+    if function.semantics()["output"] != "dense":
         raise ValueError("reembed fills plain vector columns; ColBERT multi-vector columns are not supported yet "
                          "(fill them with lancedb_baai.fill_multivectors)")
     if source is not None:

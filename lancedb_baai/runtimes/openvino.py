@@ -1,0 +1,83 @@
+"""OpenVINO on the CPU: an OpenVINO IR export of the model (fp32, bf16 where native, or NNCF int8)."""
+
+from __future__ import annotations
+
+import functools
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .base import Feeds, TorchModel, register
+from .device import native_bf16_flags
+from .export import ExportRuntime
+
+_PRECISION_HINT = {"float32": "f32", "bfloat16": "bf16", "int8": "f32"}  # int8: the graph carries it
+
+
+class OpenVINORuntime(ExportRuntime):
+    """OpenVINO's CPU plugin, one stream tuned for latency, calls taking turns per compiled model."""
+
+    name = "openvino"
+    module = "openvino"
+    extra = "openvino"
+    exporters = ("torch", "openvino", "nncf")
+
+    def __init__(self) -> None:
+        self.quantizer: Callable[[Any, list[Feeds]], Any] = quantize
+        """How the int8 graph is made from the fp32 one."""
+
+    def precisions(self) -> tuple[str, ...]:
+        return ("float32", "bfloat16", "int8") if native_bf16() else ("float32", "int8")
+
+    def convert(self, model: TorchModel, example: tuple, directory: Path, calibration: list[Feeds] | None) -> None:
+        ov = _openvino()
+        converted = ov.convert_model(model.module, example_input=example,
+                                     input=[(ov.PartialShape([-1, -1]), ov.Type.i64) for _ in model.graph.inputs])
+        for port, name in zip(converted.inputs, model.graph.inputs):  # the module's inputs are positional
+            port.get_tensor().set_names({name})
+        if calibration is not None:
+            converted = self.quantizer(converted, calibration)
+        ov.save_model(converted, str(directory / "model.xml"), compress_to_fp16=False)
+
+    def compile(self, directory: Path, dtype: str, threads: int) -> Any:
+        ov = _openvino()
+        config = {"INFERENCE_PRECISION_HINT": _PRECISION_HINT[dtype], "PERFORMANCE_HINT": "LATENCY",
+                  "NUM_STREAMS": "1", "INFERENCE_NUM_THREADS": str(threads)}
+        compiled = ov.Core().compile_model(str(directory / "model.xml"), "CPU", config)
+        lock = threading.Lock()
+        outputs = len(compiled.outputs)
+
+        def run(feeds: Feeds) -> tuple[np.ndarray, ...]:
+            with lock:  # one infer request per compiled model: calls take turns
+                result = compiled(dict(feeds))
+                return tuple(np.asarray(result[i]).copy() for i in range(outputs))
+
+        return run
+
+
+def quantize(model: Any, feeds: list[Feeds]) -> Any:
+    """NNCF's static int8 for transformers (attention kept in float), on the packaged calibration texts."""
+    import nncf
+
+    return nncf.quantize(model, nncf.Dataset([dict(f) for f in feeds]), model_type=nncf.ModelType.TRANSFORMER,
+                         preset=nncf.QuantizationPreset.MIXED, subset_size=len(feeds))
+
+
+@functools.cache
+def native_bf16() -> bool:
+    """Whether OpenVINO runs bf16 natively on this CPU (else its bf16 hint silently runs float32)."""
+    if not native_bf16_flags() or OPENVINO.missing() is not None:
+        return False
+    return "BF16" in _openvino().Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
+def _openvino() -> Any:
+    import openvino
+
+    return openvino
+
+
+OPENVINO = register(OpenVINORuntime())
