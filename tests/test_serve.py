@@ -160,6 +160,8 @@ def test_concurrent_requests_share_forward_passes(server, sharp_st_model):
 
 BAD_EMBEDDINGS = [
     ("empty list", {"input": []}, 422, "empty"),
+    ("empty string", {"input": ""}, 422, "'input' is an empty string"),
+    ("empty string item", {"input": ["ok", ""]}, 422, "input at row 1 is an empty string"),
     ("null input", {"input": None}, 422, "null"),
     ("missing input", {}, 422, "missing"),
     ("non-string item", {"input": ["ok", 3]}, 422, "row 1 is a int"),
@@ -186,6 +188,10 @@ def test_bad_embedding_requests_get_4xx_json(server, sharp_st_model, payload, st
 def test_other_bad_requests_get_4xx_json(server, sharp_cross_encoder):
     cases = [
         (server.post("/rerank", {"query": "q", "texts": []}), 422, "empty"),
+        (server.post("/rerank", {"query": "q", "texts": ["a", ""]}), 422, "texts at row 1 is an empty string"),
+        (server.post("/v1/rerank", {"query": "q", "documents": [""]}), 422, "documents at row 0 is an empty string"),
+        (server.post("/v2/rerank", {"query": "q", "documents": ["a", {"text": ""}]}), 422,
+         "documents at row 1 is an empty string"),
         (server.post("/rerank", {"texts": ["a"]}), 422, "query must be a string"),
         (server.post("/rerank", {"query": "  ", "texts": ["a"]}), 422, "query is empty"),
         (server.post("/rerank", {"query": "q", "texts": ["a"], "model": "nope"}), 404, "nope"),
@@ -254,6 +260,21 @@ def test_url_functions_in_a_lancedb_table(server, sharp_st_model, sharp_cross_en
         "generators", [r["text"] for r in results])
     np.testing.assert_allclose([r["_relevance_score"] for r in results], local_scores, atol=1e-5)
     assert [r["_relevance_score"] for r in results] == sorted(local_scores, reverse=True)
+
+
+def test_url_functions_take_empty_strings_as_the_local_ones_do(server, sharp_st_model, sharp_cross_encoder):
+    """A table may hold empty texts: its url= function embeds them as the local one would.
+
+    Other clients get 422 for an empty string (test_bad_embedding_requests_get_4xx_json);
+    the package's own client says it takes them, as the library does.
+    """
+    texts = ["a python list", ""]
+    remote = BAAIEmbeddings(name=str(sharp_st_model), url=server.url).generate_embeddings(texts)
+    np.testing.assert_allclose(np.stack(remote), np.stack(local_embedder(sharp_st_model).generate_embeddings(texts)),
+                               atol=1e-5)
+    remote_scores = BAAIRerankFunction(name=str(sharp_cross_encoder), url=server.url).score("lists", texts)
+    local_scores = BAAIRerankFunction(name=str(sharp_cross_encoder), dtype="float32").score("lists", texts)
+    np.testing.assert_allclose(remote_scores, local_scores, atol=1e-5)
 
 
 def test_url_function_refuses_a_model_the_server_does_not_serve(server):

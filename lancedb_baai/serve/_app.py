@@ -50,6 +50,8 @@ class EmbeddingRequest(BaseModel):
     normalize: bool = True
     dimensions: int | None = None
     user: str | None = None
+    allow_empty: bool = False
+    """Embed empty strings instead of refusing them (the package's ``url=`` functions send it: tables hold them)."""
 
 
 class RerankRequest(BaseModel):
@@ -59,6 +61,8 @@ class RerankRequest(BaseModel):
     raw_scores: bool = False
     return_text: bool = False
     truncate: bool = True
+    allow_empty: bool = False
+    """Score empty passages instead of refusing them (the package's ``url=`` functions send it)."""
 
 
 class SwapRequest(BaseModel):
@@ -215,7 +219,7 @@ def _add_error_handlers(app: FastAPI) -> None:
         return _error(exc.status_code, message, "not_found" if exc.status_code == 404 else "http_error")
 
 
-def _texts(value: Any, what: str, config: ServeConfig) -> list[str]:
+def _texts(value: Any, what: str, config: ServeConfig, allow_empty: bool = False) -> list[str]:
     """A request's texts as a list of strings within the limits, or the 4xx that says why not."""
     if value is None:
         raise ServeError(422, f"'{what}' is missing or null: send a string or a list of strings")
@@ -229,6 +233,10 @@ def _texts(value: Any, what: str, config: ServeConfig) -> list[str]:
                               "(max_texts): split the request", "request_too_large")
     check_texts(texts, what, advice="This server takes text only (no token ids): send strings.")
     for row, text in enumerate(texts):
+        if not text and not allow_empty:  # refused as OpenAI and text-embeddings-inference refuse it
+            where = f"'{what}' is" if isinstance(value, str) else f"{what} at row {row} is"
+            raise ServeError(422, f"{where} an empty string: send text (drop or fill empty rows before "
+                                  "sending)")
         if len(text) > config.max_chars:
             raise ServeError(413, f"{what} at row {row} has {len(text)} characters; the limit is "
                                   f"{config.max_chars} (max_chars): shorten it", "request_too_large")
@@ -249,7 +257,7 @@ def _add_data_routes(app: FastAPI, service: Service, config: ServeConfig) -> Non
     @app.post("/v1/embeddings")
     async def embeddings(body: EmbeddingRequest, request: Request) -> dict[str, Any]:
         model = service.model(body.model, "embed")
-        texts = _texts(body.input, "input", config)
+        texts = _texts(body.input, "input", config, body.allow_empty)
         current = model.current
         if body.dimensions is not None and body.dimensions != current.engine.dims:
             raise ServeError(422, f"dimensions={body.dimensions} but {model.id!r} makes "
@@ -269,7 +277,7 @@ def _add_data_routes(app: FastAPI, service: Service, config: ServeConfig) -> Non
     async def rerank(body: RerankRequest, request: Request) -> list[dict[str, Any]]:
         model = service.model(body.model, "rerank")
         query = check_query(body.query)
-        texts = _texts(body.texts, "texts", config)
+        texts = _texts(body.texts, "texts", config, body.allow_empty)
         scores, _ = await _run(service, request, model, texts, query=query,
                                normalize=not body.raw_scores, truncate=body.truncate)
         order = np.argsort(-scores, kind="stable")
