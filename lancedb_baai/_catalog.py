@@ -104,6 +104,24 @@ def _hub_is_m3(name: str, revision: str | None) -> bool:
     return path is not None and has_m3_heads(path)
 
 
+def model_kind(name: str, revision: str | None = None) -> Kind | None:
+    """What ``name`` is, from the catalog or its config files (no weights); None if neither is here.
+
+    A classifier head (``*ForSequenceClassification`` in config.json) is a cross-encoder
+    reranker, the two bge-m3 head files make bge-m3, anything else is an embedder. A local
+    directory is always read; a missing one raises the error that says what to pass.
+    """
+    spec = None if _hub.is_local(name) else lookup(name)
+    if spec is not None:
+        return spec.kind
+    path = _hub.cached_dir(name, revision)
+    if path is None:
+        return None
+    if _hub.architectures(path, "ForSequenceClassification"):
+        return "rerank"
+    return "m3" if has_m3_heads(path) else "embed"
+
+
 @functools.lru_cache(maxsize=256)
 def vector_dims(name: str, revision: str | None = None) -> int:
     """The dense vector width of ``name``: the catalog's for hub ids, else from its config files.

@@ -296,6 +296,32 @@ def test_url_function_imports_no_torch(server, sharp_st_model):
     assert out.stdout.split() == ["2", "32", "[]"]
 
 
+# ------------------------------------------------------------------ load without a kind
+
+
+def test_load_without_kind_reads_it_from_the_files(server, plain_model, cross_encoder, tmp_path):
+    before = _served(server)
+    loads = {"inferred-embedder": plain_model, "inferred-reranker": cross_encoder}
+    for alias, model in loads.items():
+        response = server.post("/admin/load", {"model": str(model), "alias": alias}, headers=server.admin())
+        assert response.status_code == 200, response.text
+    try:
+        kinds = {m["id"]: m["kind"] for m in server.get("/v1/models").json()["data"]}
+        assert (kinds["inferred-embedder"], kinds["inferred-reranker"]) == ("embed", "rerank")
+        ranked = server.post("/rerank", {"model": "inferred-reranker", "query": "q", "texts": ["a", "b"]})
+        assert ranked.status_code == 200 and len(ranked.json()) == 2
+    finally:
+        for alias in loads:
+            assert server.post("/admin/unload", {"model": alias}, headers=server.admin()).status_code == 200
+    unknown = server.post("/admin/load", {"model": "someone/not-here-model"}, headers=server.admin())
+    assert unknown.status_code == 422, unknown.text
+    message = unknown.json()["error"]["message"]
+    assert "'kind' was not sent" in message and 'Send "kind": "embed" or "rerank"' in message
+    missing = server.post("/admin/load", {"model": str(tmp_path / "no-such-model")}, headers=server.admin())
+    assert missing.status_code == 400 and missing.json()["error"]["type"] == "model_path_not_found", missing.text
+    assert _served(server) == before
+
+
 # ------------------------------------------------------------------ swaps (last: they change what is served)
 
 

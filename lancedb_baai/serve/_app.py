@@ -25,9 +25,10 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from .. import _catalog, _hub
 from .._inputs import check_query, check_texts
 from .._version import __version__
-from ._admin import Admin
+from ._admin import Admin, _load_error_kind
 from ._batcher import Closed, Overloaded, TooLong
 from ._logs import ACCESS_LOGGER, log_fields, request_id
 from ._service import Service, ServeError, ServedModel
@@ -78,9 +79,12 @@ class RollbackRequest(BaseModel):
 
 
 class LoadRequest(BaseModel):
-    """A model to start serving: ``model`` is its name or directory, ``alias`` the id to serve it under."""
+    """A model to start serving: ``model`` is its name or directory, ``alias`` the id to serve it under.
 
-    kind: Literal["embed", "rerank"]
+    Without ``kind``, the model's files say it (:func:`served_kind`).
+    """
+
+    kind: Literal["embed", "rerank"] | None = None
     model: str
     alias: str | None = None
     device: str | None = None
@@ -90,7 +94,25 @@ class LoadRequest(BaseModel):
 
     def options(self, defaults: dict[str, Any]) -> ModelOptions:
         given = {k: v for k, v in self.model_dump(exclude={"kind", "model", "alias"}).items() if v is not None}
-        return ModelOptions(kind=self.kind, name=self.model, alias=self.alias, **{**defaults, **given})
+        kind = self.kind or served_kind(self.model, defaults.get("revision"))
+        return ModelOptions(kind=kind, name=self.model, alias=self.alias, **{**defaults, **given})
+
+
+def served_kind(name: str, revision: str | None = None) -> str:
+    """How a model is served, read from its files or the catalog: "rerank" for a cross-encoder, else "embed".
+
+    bge-m3 serves as an embedder (its dense vectors). A 4xx when the files are not here to say.
+    """
+    try:
+        kind = _catalog.model_kind(name, revision)
+    except (OSError, _hub.BrokenModelError) as exc:
+        raise ServeError(400, f"load refused, nothing changed: {exc}", _load_error_kind(exc),
+                         {"model_path": name}) from exc
+    if kind is None:
+        raise ServeError(422, f"load refused, nothing changed: 'kind' was not sent and {name!r} is neither a "
+                              "known bge model nor available locally, so its files cannot say what it is. "
+                              "Send \"kind\": \"embed\" or \"rerank\"")
+    return "rerank" if kind == "rerank" else "embed"
 
 
 class UnloadRequest(BaseModel):
@@ -380,11 +402,7 @@ def _add_admin_routes(app: FastAPI, service: Service, config: ServeConfig) -> No
 
     @app.post("/admin/load", dependencies=guard)
     def load(body: LoadRequest) -> dict[str, Any]:
-        try:
-            options = body.options(defaults)
-        except ValueError as exc:
-            raise ServeError(422, f"load refused, nothing changed: {exc}") from exc
-        return _admin(service, "load", options.id, lambda: admin.load(options))
+        return _admin(service, "load", body.alias or body.model, lambda: admin.load(_load_options(body, defaults)))
 
     @app.post("/admin/unload", dependencies=guard)
     def unload(body: UnloadRequest) -> dict[str, Any]:
@@ -393,6 +411,13 @@ def _add_admin_routes(app: FastAPI, service: Service, config: ServeConfig) -> No
     @app.get("/admin/engines", dependencies=guard)
     def engines() -> dict[str, Any]:
         return {**service.engines(), "memory": admin.memory()}
+
+
+def _load_options(body: LoadRequest, defaults: dict[str, Any]) -> ModelOptions:
+    try:
+        return body.options(defaults)
+    except ValueError as exc:
+        raise ServeError(422, f"load refused, nothing changed: {exc}") from exc
 
 
 def _admin(service: Service, action: str, model: str, run) -> dict[str, Any]:
