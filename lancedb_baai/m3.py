@@ -29,7 +29,7 @@ from ._arrow import multivector_array
 from ._config import EmbedderConfig, EngineConfig
 from ._inputs import NoRetry, check_queries, check_query, check_texts
 from ._m3_engine import BGEM3Engine, M3Output, Output, colbert_dims_from_file, want_colbert_with_every_pass
-from .reranker import BAAIReranker, ReturnScore, model_name_option
+from .reranker import BAAIReranker, ReturnScore, check_options, model_name_option
 
 __all__ = ["BGEM3ColbertEmbeddings", "BGEM3Embeddings", "BGEM3Reranker", "M3Output", "SPARSE_TYPE",
            "colbert_column", "fill_multivectors", "sparse_column"]
@@ -375,6 +375,7 @@ class BGEM3Reranker(BAAIReranker):
                  weights: tuple[float, float, float] = DEFAULT_WEIGHTS,
                  function: BGEM3Embeddings | None = None, **options: Any) -> None:
         if function is None:
+            check_options(type(self), BGEM3Embeddings, options)
             name = model_name_option(model_name, options, "BAAI/bge-m3")
             function = BGEM3Embeddings(name=name, weights=weights, **options)
         super().__init__(column=column, return_score=return_score, function=function)
