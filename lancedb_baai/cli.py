@@ -586,7 +586,8 @@ def reembed(
     rollback: bool = typer.Option(False, "--rollback", help="Switch back to the vectors the last re-embed kept."),
     drop_old: bool = typer.Option(False, "--drop-old", help="Keep no old vectors (alone: drop the kept ones)."),
     missing_only: bool = typer.Option(False, "--missing-only", help="Fill null vectors with the column's model."),
-    key: Optional[str] = typer.Option(None, "--key", help="With --missing-only: a unique column to write back by."),
+    key: Optional[str] = typer.Option(None, "--key", help="With --missing-only: a unique column to write back by "
+                                      "(default: Lance's row ids, rows keep their order)."),
     ray_actors: Optional[int] = typer.Option(None, "--ray-actors", min=1, help="Embed on this many Ray actors."),
     dtype: str = _DTYPE,
     batch_size: int = typer.Option(256, "--batch-size", help="Rows per checkpointed batch."),
@@ -601,8 +602,6 @@ def reembed(
     with _errors(_offline_hint):
         opened = lancedb.connect(uri).open_table(table)
         if missing_only:
-            if not key:
-                _fail("--missing-only needs --key COLUMN, a column with a unique value per row")
             result = lancedb_baai.fill_missing(opened, key=key, column=column, batch_size=batch_size)
         elif rollback:
             result = lancedb_baai.rollback_reembed(opened, column=column, drop_old=drop_old, batch_size=batch_size)
@@ -615,7 +614,7 @@ def reembed(
 
             result = {"status": "dropped", "dropped": drop_kept(opened, column)}
         else:
-            _fail("pass --model NAME (the new model), --rollback, --drop-old, or --missing-only --key COLUMN")
+            _fail("pass --model NAME (the new model), --rollback, --drop-old, or --missing-only")
         typer.echo(json.dumps(result))
 
 
