@@ -153,6 +153,7 @@ def create_app(config: ServeConfig | None = None, *, service: Service | None = N
     _add_middleware(app, service)
     _add_error_handlers(app)
     _add_data_routes(app, service, config)
+    _add_state_routes(app, service, config)
     _add_cohere_routes(app, service, config)
     _add_admin_routes(app, service, config)
     return app
@@ -305,6 +306,10 @@ def _add_data_routes(app: FastAPI, service: Service, config: ServeConfig) -> Non
         order = np.argsort(-scores, kind="stable")
         return [{"index": int(i), "score": float(scores[i]), **({"text": texts[i]} if body.return_text else {})}
                 for i in order]
+
+
+def _add_state_routes(app: FastAPI, service: Service, config: ServeConfig) -> None:
+    """What is served and how it is doing: models, health, readiness, metrics and TEI's ``/info``."""
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
