@@ -68,7 +68,7 @@ golden: $(REF_VENV)/.installed
 	HF_HUB_OFFLINE=1 $(REF_PY) tests/golden/regenerate.py $(ARGS)
 
 bench: $(VENV)/.installed
-	$(PY) -m lancedb_baai bench
+	$(PY) benchmarks/run_all.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) $(REF_VENV) $(BACKGROUND_LOG) .pytest_cache build *.egg-info

@@ -1,4 +1,4 @@
-"""`lancedb-baai`: inspect the host, download models, embed and rerank from the shell, run benchmarks.
+"""`lancedb-baai`: inspect the host, download models, embed and rerank from the shell, serve, re-embed.
 
 Also runs as ``python -m lancedb_baai``. Results go to stdout (JSON lines for ``embed``
 and ``rerank``, so they compose with ``jq`` and friends); messages and errors go to stderr.
@@ -11,10 +11,7 @@ import json
 import logging
 import os
 import re
-import subprocess
 import sys
-import threading
-import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from importlib import metadata
@@ -35,8 +32,6 @@ from .engines.report import text_table
 
 CHUNK = 256
 """Texts per model call in ``embed``/``rerank``: output streams out chunk by chunk."""
-
-BENCHMARKS = ("embed", "rerank", "loads", "gpu", "ray_ingest")
 
 app = typer.Typer(
     name="lancedb-baai",
@@ -306,7 +301,7 @@ def export(
     Example: `lancedb-baai export BAAI/bge-small-en-v1.5 --backend openvino`
     """
     with _errors(_offline_hint):
-        kind = kind or _catalog.kind_of(name, revision) or "embed"
+        kind = kind or _catalog.model_kind(name, revision) or "embed"
         function = kinds.get(kind).function()
         explicit = {} if backend == "auto" else {"min_fidelity": 0}  # figures first, then the verdict
         loaded = function(name=name, backend=backend, precision=precision, revision=revision,
@@ -539,80 +534,6 @@ def serve(
                         log_format=log_format, tables=table or [], load_defaults=options))
 
 
-# --------------------------------------------------------------------------------------- bench
-
-def benchmarks_dir() -> Path:
-    """The source checkout's benchmarks/ folder, next to the package."""
-    return Path(lancedb_baai.__file__).resolve().parents[1] / "benchmarks"
-
-
-def _run_script(script: Path, args: list[str], timeout: float) -> tuple[str, float]:
-    """Run one benchmark, echoing its output as it comes; return (result, seconds).
-
-    A script that cannot run here (gpu.py without CUDA) exits 0 after a line ending in
-    "skipped"; that is reported as such rather than as a pass.
-    """
-    start = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, str(script), *args], cwd=script.parents[1], text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, encoding="utf-8", errors="replace")
-    timed_out = threading.Event()
-
-    def kill() -> None:
-        timed_out.set()
-        proc.kill()
-
-    timer = threading.Timer(timeout, kill)
-    timer.start()
-    skipped = False
-    try:
-        for line in proc.stdout:  # type: ignore[union-attr]
-            typer.echo(line, nl=False)
-            skipped = skipped or line.rstrip().endswith("skipped")
-        code = proc.wait()
-    finally:
-        timer.cancel()
-    seconds = time.perf_counter() - start
-    if timed_out.is_set():
-        return f"FAIL (timed out after {timeout:g}s)", seconds
-    if code != 0:
-        return f"FAIL (exit {code})", seconds
-    return ("skipped" if skipped else "pass"), seconds
-
-
-@app.command()
-def bench(
-    only: Optional[list[str]] = typer.Option(None, "--only", help="Run just this benchmark (repeatable), e.g. embed."),
-    full: bool = typer.Option(False, "--full", help="Full-size runs instead of --quick (slow)."),
-    timeout: float = typer.Option(1800, "--timeout", min=1, help="Seconds allowed per script."),
-) -> None:
-    """Run the benchmark scripts of a source checkout (quick sizes), each in its own process.
-
-    Runs whichever of embed, rerank, loads, gpu, ray_ingest exist in benchmarks/, then prints
-    pass/fail per script; exits non-zero if any failed.
-
-    Example: `lancedb-baai bench --only embed --only rerank`
-    """
-    with _errors():
-        folder = benchmarks_dir()
-        if not folder.is_dir():
-            _fail(f"no benchmarks folder at {folder}: the benchmarks ship with the source, not the wheel. "
-                  "Run `lancedb-baai bench` from a source checkout installed with `pip install -e .`")
-        present = [name for name in BENCHMARKS if (folder / f"{name}.py").is_file()]
-        wanted = [name.removesuffix(".py") for name in only] if only else present
-        missing = [name for name in wanted if not (folder / f"{name}.py").is_file()]
-        if missing or not wanted:
-            _fail(f"no benchmark script {', '.join(missing) or 'at all'} in {folder}; present: {present or 'none'}")
-        rows = []
-        for name in wanted:
-            args = [] if full else ["--quick"]
-            typer.echo(f"== benchmarks/{name}.py {' '.join(args)}".rstrip())
-            result, seconds = _run_script(folder / f"{name}.py", args, timeout)
-            rows.append({"script": f"{name}.py", "result": result, "seconds": round(seconds, 1)})
-        typer.echo("\n" + text_table(rows, ("script", "result", "seconds")))
-        if any(row["result"].startswith("FAIL") for row in rows):
-            raise typer.Exit(1)
-
-
 # ------------------------------------------------------------------------------------- reembed
 
 @app.command()
@@ -625,7 +546,8 @@ def reembed(
     rollback: bool = typer.Option(False, "--rollback", help="Switch back to the vectors the last re-embed kept."),
     drop_old: bool = typer.Option(False, "--drop-old", help="Keep no old vectors (alone: drop the kept ones)."),
     missing_only: bool = typer.Option(False, "--missing-only", help="Fill null vectors with the column's model."),
-    key: Optional[str] = typer.Option(None, "--key", help="With --missing-only: a unique column to write back by."),
+    key: Optional[str] = typer.Option(None, "--key", help="With --missing-only: a unique column to write back by "
+                                      "(default: Lance's row ids, rows keep their order)."),
     ray_actors: Optional[int] = typer.Option(None, "--ray-actors", min=1, help="Embed on this many Ray actors."),
     dtype: str = _DTYPE,
     batch_size: int = typer.Option(256, "--batch-size", help="Rows per checkpointed batch."),
@@ -640,8 +562,6 @@ def reembed(
     with _errors(_offline_hint):
         opened = lancedb.connect(uri).open_table(table)
         if missing_only:
-            if not key:
-                _fail("--missing-only needs --key COLUMN, a column with a unique value per row")
             result = lancedb_baai.fill_missing(opened, key=key, column=column, batch_size=batch_size)
         elif rollback:
             result = lancedb_baai.rollback_reembed(opened, column=column, drop_old=drop_old, batch_size=batch_size)
@@ -654,7 +574,7 @@ def reembed(
 
             result = {"status": "dropped", "dropped": drop_kept(opened, column)}
         else:
-            _fail("pass --model NAME (the new model), --rollback, --drop-old, or --missing-only --key COLUMN")
+            _fail("pass --model NAME (the new model), --rollback, --drop-old, or --missing-only")
         typer.echo(json.dumps(result))
 
 

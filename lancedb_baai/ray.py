@@ -348,6 +348,19 @@ def embed_to_lance(source: Any, uri: str | os.PathLike, table_name: str,
         Rows written and, per actor, its process id and model loads.
     """
     function = as_function(function, BAAIEmbedBatches.registry_name, BAAIEmbeddings)
+    uri, db = _open_target(uri, table_name, mode, storage_options)
+    dataset = read_source(source)
+    target = target_schema(_arrow_schema(dataset), function, text_column, vector_column, schema)
+    staging = f"{uri.rstrip('/')}/{_STAGING_DIR}/{table_name}-{uuid.uuid4().hex}.lance"
+    job = _Job(function, text_column, vector_column, target, staging, storage_options)
+    rows, actors = job.ingest(dataset, db, table_name, mode, concurrency, batch_size, num_cpus, num_gpus)
+    logger.info("embedded %d rows into %r on %d actors", rows, table_name, len(actors))
+    return IngestReport(uri, table_name, rows, actors)
+
+
+def _open_target(uri: str | os.PathLike, table_name: str, mode: Mode,
+                 storage_options: dict[str, str] | None) -> tuple[str, Any]:
+    """The database's URI and connection, once ``mode`` allows writing ``table_name`` there."""
     if mode not in MODES:
         raise ValueError(f"mode {mode!r} is not supported; use one of {list(MODES)}")
     uri = _local_or_object_store(uri)
@@ -355,19 +368,7 @@ def embed_to_lance(source: Any, uri: str | os.PathLike, table_name: str,
     if mode == "create" and _table_exists(db, table_name):
         raise ValueError(f"table {table_name!r} already exists in {uri!r}; pass mode='overwrite' "
                          "to replace it (the old version stays until the new one is committed)")
-    dataset = read_source(source)
-    target = target_schema(_arrow_schema(dataset), function, text_column, vector_column, schema)
-    staging = f"{uri.rstrip('/')}/{_STAGING_DIR}/{table_name}-{uuid.uuid4().hex}.lance"
-    job = _Job(function, text_column, vector_column, target, staging, storage_options)
-    try:
-        fragments, actors = job.run(dataset, concurrency, batch_size, num_cpus, num_gpus)
-        rows = job.commit(db, table_name, fragments, mode)
-    except Exception as error:
-        raise _explained(error, table_name) from error
-    finally:
-        _remove(staging, storage_options)
-    logger.info("embedded %d rows into %r on %d actors", rows, table_name, len(actors))
-    return IngestReport(uri, table_name, rows, actors)
+    return uri, db
 
 
 def read_source(source: Any) -> ray.data.Dataset:
@@ -419,6 +420,18 @@ class _Job:
         self.function, self.schema, self.staging = function, schema, staging
         self.text_column, self.vector_column = text_column, vector_column
         self.storage_options = storage_options
+
+    def ingest(self, dataset: ray.data.Dataset, db: Any, table_name: str, mode: Mode, concurrency: int,
+               batch_size: int, num_cpus: float | None,
+               num_gpus: float | None) -> tuple[int, list[dict[str, Any]]]:
+        """Embed, stage and commit; the rows written and per-actor records. The staging dataset is removed."""
+        try:
+            fragments, actors = self.run(dataset, concurrency, batch_size, num_cpus, num_gpus)
+            return self.commit(db, table_name, fragments, mode), actors
+        except Exception as error:
+            raise _explained(error, table_name) from error
+        finally:
+            _remove(self.staging, self.storage_options)
 
     def run(self, dataset: ray.data.Dataset, concurrency: int, batch_size: int,
             num_cpus: float | None, num_gpus: float | None) -> tuple[list[str], list[dict[str, Any]]]:

@@ -83,3 +83,26 @@ def test_catalog_instructions_agree_with_family_rule():
 def test_model_basename():
     assert _catalog.model_basename("BAAI/bge-small-en-v1.5") == "bge-small-en-v1.5"
     assert _catalog.model_basename("/a/b/BGE-Base-ZH-v1.5/") == "bge-base-zh-v1.5"
+
+
+def test_model_kind_reads_the_files_of_a_local_model(st_model, plain_model, cross_encoder, tmp_path):
+    from lancedb_baai import testing
+
+    m3 = testing.build_m3_model(tmp_path / "BAAI" / "bge-m3")
+    kinds = {path: _catalog.model_kind(str(path)) for path in (st_model, plain_model, cross_encoder, m3)}
+    assert kinds == {st_model: "embed", plain_model: "embed", cross_encoder: "rerank", m3: "m3"}
+
+
+def test_model_kind_of_a_hub_id(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))  # empty: nothing is cached
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    assert _catalog.model_kind("BAAI/bge-reranker-v2-m3") == "rerank"  # the catalog: no files needed
+    assert _catalog.model_kind("BAAI/bge-m3") == "m3"
+    assert _catalog.model_kind("someone/not-here") is None  # not in the catalog, no files here: unknown
+
+
+def test_model_kind_of_a_missing_directory_says_what_to_pass(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        _catalog.model_kind(str(tmp_path / "no-such-model"))

@@ -1,4 +1,4 @@
-"""The `lancedb-baai` command line: info, download, embed, rerank, bench; errors without tracebacks."""
+"""The `lancedb-baai` command line: info, download, embed, rerank; errors without tracebacks."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import math
 import os
 import subprocess
 import sys
-import textwrap
 
 import numpy as np
 import pytest
@@ -19,7 +18,7 @@ from lancedb_baai import BAAIEmbeddings, BAAIRerankFunction, cli
 from lancedb_baai.models import catalog as _catalog, hub as _hub
 from lancedb_baai.runtimes import device as _device
 
-COMMANDS = ("info", "download", "embed", "rerank", "bench")
+COMMANDS = ("info", "download", "embed", "rerank", "serve", "reembed")
 PASSAGES = ["a lambda is an anonymous function", "lists sort in place with sort", "import a module by name"]
 
 
@@ -287,70 +286,11 @@ def test_rerank_with_an_embedder_says_what_to_use(run, st_model):
     assert "not a cross-encoder reranker" in result.stderr and "Traceback" not in result.output
 
 
-# --- bench -------------------------------------------------------------------------------------
-
-@pytest.fixture
-def bench_dir(tmp_path, monkeypatch):
-    folder = tmp_path / "benchmarks"
-    folder.mkdir()
-    (folder / "embed.py").write_text(textwrap.dedent("""
-        import sys
-        print("embed table", sys.argv[1:])
-        sys.exit(0 if sys.argv[1:] == ["--quick"] else 3)
-    """))
-    (folder / "rerank.py").write_text("import sys\nprint('rerank broke', file=sys.stderr)\nsys.exit(1)\n")
-    (folder / "_common.py").write_text("raise SystemExit('not a benchmark')\n")
-    monkeypatch.setattr(cli, "benchmarks_dir", lambda: folder)
-    return folder
-
-
-@pytest.mark.timeout(120)
-def test_bench_runs_each_present_script_quick_and_reports(run, bench_dir):
+def test_the_benchmark_runner_is_not_a_command_of_the_package(run):
+    """The wheel ships no benchmarks: their runner is benchmarks/run_all.py (`make bench`)."""
     result = run("bench")
-    assert result.exit_code == 1  # rerank.py failed
-    out = result.stdout
-    assert "embed table ['--quick']" in out and "rerank broke" in out
-    table = out[out.rindex("script"):].splitlines()
-    assert table[2].split()[:2] == ["embed.py", "pass"]
-    assert table[3].split()[:4] == ["rerank.py", "FAIL", "(exit", "1)"]
-    assert len(table) == 4  # loads.py, gpu.py, ray_ingest.py absent; _common.py not a benchmark
-
-
-@pytest.mark.timeout(120)
-def test_bench_only_and_full(run, bench_dir):
-    assert run("bench", "--only", "embed").exit_code == 0
-    assert run("bench", "--only", "embed.py").exit_code == 0
-    full = run("bench", "--only", "embed", "--full")
-    assert full.exit_code == 1 and "FAIL (exit 3)" in full.stdout
-    missing = run("bench", "--only", "gpu")
-    assert missing.exit_code == 1 and "no benchmark script gpu" in missing.stderr
-
-
-@pytest.mark.timeout(120)
-def test_bench_reports_a_skip_as_a_skip(run, bench_dir):
-    (bench_dir / "gpu.py").write_text("print('no CUDA device: skipped')\n")
-    result = run("bench", "--only", "gpu", "--only", "embed")
-    assert result.exit_code == 0, result.output
-    rows = [line.split()[:2] for line in result.stdout.splitlines()[-2:]]
-    assert rows == [["gpu.py", "skipped"], ["embed.py", "pass"]]
-
-
-@pytest.mark.timeout(120)
-def test_bench_timeout_is_a_failure(run, bench_dir):
-    (bench_dir / "embed.py").write_text("import time\ntime.sleep(60)\n")
-    result = run("bench", "--only", "embed", "--timeout", "1")
-    assert result.exit_code == 1 and "timed out after 1s" in result.stdout
-
-
-def test_bench_outside_a_source_checkout(run, tmp_path, monkeypatch):
-    monkeypatch.setattr(cli, "benchmarks_dir", lambda: tmp_path / "nowhere")
-    result = run("bench")
-    assert result.exit_code == 1 and "source checkout" in result.stderr
-
-
-def test_benchmarks_dir_is_next_to_the_package():
-    assert cli.benchmarks_dir().parent == cli.Path(lancedb_baai.__file__).resolve().parents[1]
-    assert cli.benchmarks_dir().name == "benchmarks"
+    assert result.exit_code == 2 and "No such command" in result.output
+    assert not hasattr(cli, "benchmarks_dir")
 
 
 def test_cli_errors_name_cli_flags_not_keywords(run, tmp_path):

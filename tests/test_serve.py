@@ -160,6 +160,8 @@ def test_concurrent_requests_share_forward_passes(server, sharp_st_model):
 
 BAD_EMBEDDINGS = [
     ("empty list", {"input": []}, 422, "empty"),
+    ("empty string", {"input": ""}, 422, "'input' is an empty string"),
+    ("empty string item", {"input": ["ok", ""]}, 422, "input at row 1 is an empty string"),
     ("null input", {"input": None}, 422, "null"),
     ("missing input", {}, 422, "missing"),
     ("non-string item", {"input": ["ok", 3]}, 422, "row 1 is a int"),
@@ -186,6 +188,10 @@ def test_bad_embedding_requests_get_4xx_json(server, sharp_st_model, payload, st
 def test_other_bad_requests_get_4xx_json(server, sharp_cross_encoder):
     cases = [
         (server.post("/rerank", {"query": "q", "texts": []}), 422, "empty"),
+        (server.post("/rerank", {"query": "q", "texts": ["a", ""]}), 422, "texts at row 1 is an empty string"),
+        (server.post("/v1/rerank", {"query": "q", "documents": [""]}), 422, "documents at row 0 is an empty string"),
+        (server.post("/v2/rerank", {"query": "q", "documents": ["a", {"text": ""}]}), 422,
+         "documents at row 1 is an empty string"),
         (server.post("/rerank", {"texts": ["a"]}), 422, "query must be a string"),
         (server.post("/rerank", {"query": "  ", "texts": ["a"]}), 422, "query is empty"),
         (server.post("/rerank", {"query": "q", "texts": ["a"], "model": "nope"}), 404, "nope"),
@@ -256,6 +262,21 @@ def test_url_functions_in_a_lancedb_table(server, sharp_st_model, sharp_cross_en
     assert [r["_relevance_score"] for r in results] == sorted(local_scores, reverse=True)
 
 
+def test_url_functions_take_empty_strings_as_the_local_ones_do(server, sharp_st_model, sharp_cross_encoder):
+    """A table may hold empty texts: its url= function embeds them as the local one would.
+
+    Other clients get 422 for an empty string (test_bad_embedding_requests_get_4xx_json);
+    the package's own client says it takes them, as the library does.
+    """
+    texts = ["a python list", ""]
+    remote = BAAIEmbeddings(name=str(sharp_st_model), url=server.url).generate_embeddings(texts)
+    np.testing.assert_allclose(np.stack(remote), np.stack(local_embedder(sharp_st_model).generate_embeddings(texts)),
+                               atol=1e-5)
+    remote_scores = BAAIRerankFunction(name=str(sharp_cross_encoder), url=server.url).score("lists", texts)
+    local_scores = BAAIRerankFunction(name=str(sharp_cross_encoder), dtype="float32").score("lists", texts)
+    np.testing.assert_allclose(remote_scores, local_scores, atol=1e-5)
+
+
 def test_url_function_refuses_a_model_the_server_does_not_serve(server):
     fn = BAAIEmbeddings(name="BAAI/bge-base-en-v1.5", url=server.url)
     with pytest.raises(ValueError, match=r"does not serve 'BAAI/bge-base-en-v1.5'.*bge-small-en-v1.5"):
@@ -273,6 +294,32 @@ def test_url_function_imports_no_torch(server, sharp_st_model):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=100)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["2", "32", "[]"]
+
+
+# ------------------------------------------------------------------ load without a kind
+
+
+def test_load_without_kind_reads_it_from_the_files(server, plain_model, cross_encoder, tmp_path):
+    before = _served(server)
+    loads = {"inferred-embedder": plain_model, "inferred-reranker": cross_encoder}
+    for alias, model in loads.items():
+        response = server.post("/admin/load", {"model": str(model), "alias": alias}, headers=server.admin())
+        assert response.status_code == 200, response.text
+    try:
+        kinds = {m["id"]: m["kind"] for m in server.get("/v1/models").json()["data"]}
+        assert (kinds["inferred-embedder"], kinds["inferred-reranker"]) == ("embed", "rerank")
+        ranked = server.post("/rerank", {"model": "inferred-reranker", "query": "q", "texts": ["a", "b"]})
+        assert ranked.status_code == 200 and len(ranked.json()) == 2
+    finally:
+        for alias in loads:
+            assert server.post("/admin/unload", {"model": alias}, headers=server.admin()).status_code == 200
+    unknown = server.post("/admin/load", {"model": "someone/not-here-model"}, headers=server.admin())
+    assert unknown.status_code == 422, unknown.text
+    message = unknown.json()["error"]["message"]
+    assert "'kind' was not sent" in message and 'Send "kind": "embed" or "rerank"' in message
+    missing = server.post("/admin/load", {"model": str(tmp_path / "no-such-model")}, headers=server.admin())
+    assert missing.status_code == 400 and missing.json()["error"]["type"] == "model_path_not_found", missing.text
+    assert _served(server) == before
 
 
 # ------------------------------------------------------------------ swaps (last: they change what is served)

@@ -22,9 +22,19 @@ def check_texts(texts: Sequence[Any], what: str = "text", advice: str = DEFAULT_
     texts = list(texts)
     for row, value in enumerate(texts):
         if not isinstance(value, str) and not (allow_null and value is None):
+            if isinstance(value, bytes) and len(texts) > 1 and not any(isinstance(v, str) for v in texts):
+                raise ValueError(_all_bytes(what, len(texts), advice))
             problem = "is null" if value is None else f"is a {type(value).__name__}, not a string"
             raise ValueError(f"{what} at row {row} {problem}. {advice}")
     return texts
+
+
+def _all_bytes(what: str, count: int, advice: str) -> str:
+    """Why no row is named: Arrow turns a column of str and bytes into binary, so all rows come as bytes."""
+    return (f"{what}: all {count} rows arrived as bytes, not strings. When any row of a LanceDB add() holds "
+            "bytes, Arrow stores the whole column as binary, so the rows that were bytes cannot be told "
+            "from here: find them in your rows with isinstance(value, bytes) and decode them "
+            f"(value.decode('utf-8')). {advice}")
 
 
 def check_query(query: Any, param: str = "query",

@@ -24,15 +24,14 @@ import pyarrow as pa
 from lancedb.embeddings import TextEmbeddingFunction, register
 from pydantic import field_validator
 
+from ..engines import kinds, progress as _progress
+from ..engines.m3 import BGEM3Engine, M3Output, Output, want_colbert_with_every_pass
 from ..models import catalog as _catalog, hub as _hub
-from ..engines import progress as _progress
+from ..runtimes.torch_modules import colbert_dims_from_file
 from .arrow import multivector_array
 from .config import EmbedderConfig, EngineConfig
 from .inputs import NoRetry, check_queries, check_query, check_texts
-from ..engines import kinds
-from ..engines.m3 import BGEM3Engine, M3Output, Output, want_colbert_with_every_pass
-from ..runtimes.torch_modules import colbert_dims_from_file
-from .reranker import BAAIReranker, ReturnScore, model_name_option
+from .reranker import BAAIReranker, ReturnScore, check_options, model_name_option
 
 __all__ = ["BGEM3ColbertEmbeddings", "BGEM3Embeddings", "BGEM3Reranker", "M3Output", "SPARSE_TYPE",
            "colbert_column", "fill_multivectors", "sparse_column"]
@@ -379,6 +378,7 @@ class BGEM3Reranker(BAAIReranker):
                  weights: tuple[float, float, float] = DEFAULT_WEIGHTS,
                  function: BGEM3Embeddings | None = None, **options: Any) -> None:
         if function is None:
+            check_options(type(self), BGEM3Embeddings, options)
             name = model_name_option(model_name, options, "BAAI/bge-m3")
             function = BGEM3Embeddings(name=name, weights=weights, **options)
         super().__init__(column=column, return_score=return_score, function=function)

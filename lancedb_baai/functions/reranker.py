@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -86,6 +87,17 @@ def model_name_option(model_name: str | None, options: dict[str, Any], default: 
     return model_name or name or default
 
 
+def check_options(reranker: type, function: type[EmbeddingFunction], options: dict[str, Any]) -> None:
+    """Refuse a keyword that neither ``reranker`` nor its ``function`` takes, listing the options of both."""
+    valid = set(function.model_fields) - set(EmbeddingFunction.model_fields)  # LanceDB's max_retries is unused
+    unknown = sorted(set(options) - valid)
+    if unknown:
+        own = sorted(p for p in inspect.signature(reranker.__init__).parameters if p not in ("self", "options"))
+        raise ValueError(f"unknown option{'s' if len(unknown) > 1 else ''} {unknown} for {reranker.__name__}; "
+                         f"its own options are {own}, and it passes on those of {function.__name__}: "
+                         f"{sorted(valid)}")
+
+
 def check_return_score(value: str) -> str:
     """``return_score`` if LanceDB knows it, else an error listing the accepted values."""
     if value not in ("relevance", "all"):
@@ -120,6 +132,7 @@ class BAAIReranker(Reranker):
                  function: BAAIRerankFunction | None = None, **options: Any) -> None:
         super().__init__(check_return_score(return_score))
         if function is None:
+            check_options(type(self), BAAIRerankFunction, options)
             function = BAAIRerankFunction(
                 name=model_name_option(model_name, options, "BAAI/bge-reranker-base"), **options)
         self.function = function

@@ -104,17 +104,18 @@ def _hub_is_m3(name: str, revision: str | None) -> bool:
     return path is not None and has_m3_heads(path)
 
 
-def kind_of(name: str, revision: str | None = None) -> str | None:
-    """What a model is, from the catalog or its files: "embed", "rerank" or "m3"; None when nothing here says.
+def model_kind(name: str, revision: str | None = None) -> Kind | None:
+    """What ``name`` is, from the catalog or its config files (no weights); None if neither is here.
 
-    A cross-encoder has a ``*ForSequenceClassification`` architecture, bge-m3 its two head
-    files beside the encoder; any other readable model is an embedder.
+    A classifier head (``*ForSequenceClassification`` in config.json) is a cross-encoder
+    reranker, the two bge-m3 head files make bge-m3, anything else is an embedder. A local
+    directory is always read; a missing one raises the error that says what to pass.
     """
     spec = None if _hub.is_local(name) else lookup(name)
     if spec is not None:
         return spec.kind
-    path = Path(os.path.expanduser(name)) if _hub.is_local(name) else _hub.cached_dir(name, revision)
-    if path is None or not (path / "config.json").is_file():
+    path = _hub.cached_dir(name, revision)
+    if path is None:
         return None
     if _hub.architectures(path, "ForSequenceClassification"):
         return "rerank"

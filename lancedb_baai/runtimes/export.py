@@ -19,6 +19,7 @@ import numpy as np
 
 from ..models import exports
 from .base import Feeds, Graph, Request, Runtime, Session, TorchModel, default_threads
+from .torch_modules import quiet_transformers
 
 
 class ExportRuntime(Runtime):
@@ -45,7 +46,7 @@ class ExportRuntime(Runtime):
         model = request.build()
         feeds = request.calibration(model)
         example = tuple(torch.from_numpy(feeds[0][name][:2]) for name in model.graph.inputs)
-        with torch.inference_mode(), warnings.catch_warnings():
+        with torch.inference_mode(), warnings.catch_warnings(), quiet_transformers():
             warnings.simplefilter("ignore")  # tracer notes on Python-side branches: the example covers them
             self.convert(model, example, directory, feeds if precision == "int8" else None)
         (directory / "tokenizer.json").write_text(model.graph.tokenizer, encoding="utf-8")

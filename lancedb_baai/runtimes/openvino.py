@@ -13,6 +13,7 @@ import numpy as np
 from .base import Feeds, TorchModel, register
 from .device import native_bf16_flags
 from .export import ExportRuntime
+from .telemetry import openvino_telemetry_off
 
 _PRECISION_HINT = {"float32": "f32", "bfloat16": "bf16", "int8": "f32"}  # int8: the graph carries it
 
@@ -75,6 +76,8 @@ def native_bf16() -> bool:
 
 
 def _openvino() -> Any:
+    """OpenVINO, imported with its telemetry off for this process (see :mod:`.telemetry`)."""
+    openvino_telemetry_off()
     import openvino
 
     return openvino

@@ -8,7 +8,8 @@ code whether its model is here or there.
 Needs httpx only (no torch, no FastAPI). Connections are pooled per server and per process
 (a forked child opens its own). Requests are retried only when they cannot have been
 served: a connection error, or a 503 from a full queue (after its Retry-After). Any other
-refusal raises at once with the server's message.
+refusal raises at once with the server's message. Requests say ``allow_empty``: a table's
+empty texts are embedded and scored as the library does locally (other clients get 422).
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ def embed(url: str, name: str, texts: list[str], normalize: bool = True,
     for start in range(0, len(texts), CHUNK):
         body = _request("POST", base_url(url), "/v1/embeddings", {
             "model": served["id"], "input": texts[start:start + CHUNK], "encoding_format": "base64",
-            "normalize": normalize}, api_key)
+            "normalize": normalize, "allow_empty": True}, api_key)
         for item in body["data"]:
             out[start + item["index"]] = np.frombuffer(base64.b64decode(item["embedding"]), dtype="<f4")
     return out
@@ -84,7 +85,7 @@ def rerank(url: str, name: str, query: str, passages: list[str], raw_scores: boo
     for start in range(0, len(passages), CHUNK):
         ranked = _request("POST", base_url(url), "/rerank", {
             "model": served["id"], "query": query, "texts": passages[start:start + CHUNK],
-            "raw_scores": raw_scores, "truncate": True}, api_key)
+            "raw_scores": raw_scores, "truncate": True, "allow_empty": True}, api_key)
         for item in ranked:
             out[start + item["index"]] = item["score"]
     return out

@@ -158,7 +158,7 @@ class Admin:
             raise
         except Exception as exc:
             self.service.release_unused()
-            raise ServeError(400, f"{failed}: {exc}", _load_error_kind(exc), {"model_path": name}) from exc
+            raise ServeError(400, f"{failed}: {exc}", load_error_kind(exc), {"model_path": name}) from exc
 
     def _commit(self, model: ServedModel, candidate: Current,
                 entry: Callable[[dict[str, Any]], dict[str, Any]]) -> dict[str, Any]:
@@ -232,7 +232,7 @@ def _check_readable(name: str) -> None:
                               "make it readable (chmod -R a+rX) or pass another directory")
 
 
-def _load_error_kind(exc: Exception) -> str:
+def load_error_kind(exc: Exception) -> str:
     """The error type a failed load answers with: what a client can act on."""
     if isinstance(exc, PermissionError):
         return "model_unreadable"

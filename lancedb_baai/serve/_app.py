@@ -26,8 +26,10 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..functions.inputs import check_query, check_texts
+from ..engines import kinds
+from ..models import catalog as _catalog, hub as _hub
 from .._version import __version__
-from ._admin import Admin
+from ._admin import Admin, load_error_kind
 from ._batcher import Closed, Overloaded, TooLong
 from ._logs import ACCESS_LOGGER, log_fields, request_id
 from ._service import Service, ServeError, ServedModel
@@ -50,6 +52,8 @@ class EmbeddingRequest(BaseModel):
     normalize: bool = True
     dimensions: int | None = None
     user: str | None = None
+    allow_empty: bool = False
+    """Embed empty strings instead of refusing them (the package's ``url=`` functions send it: tables hold them)."""
 
 
 class RerankRequest(BaseModel):
@@ -59,6 +63,8 @@ class RerankRequest(BaseModel):
     raw_scores: bool = False
     return_text: bool = False
     truncate: bool = True
+    allow_empty: bool = False
+    """Score empty passages instead of refusing them (the package's ``url=`` functions send it)."""
 
 
 class SwapRequest(BaseModel):
@@ -74,9 +80,12 @@ class RollbackRequest(BaseModel):
 
 
 class LoadRequest(BaseModel):
-    """A model to start serving: ``model`` is its name or directory, ``alias`` the id to serve it under."""
+    """A model to start serving: ``model`` is its name or directory, ``alias`` the id to serve it under.
 
-    kind: Literal["embed", "rerank"]
+    Without ``kind``, the model's files say it (:func:`served_kind`).
+    """
+
+    kind: Literal["embed", "rerank"] | None = None
     model: str
     alias: str | None = None
     device: str | None = None
@@ -86,7 +95,25 @@ class LoadRequest(BaseModel):
 
     def options(self, defaults: dict[str, Any]) -> ModelOptions:
         given = {k: v for k, v in self.model_dump(exclude={"kind", "model", "alias"}).items() if v is not None}
-        return ModelOptions(kind=self.kind, name=self.model, alias=self.alias, **{**defaults, **given})
+        kind = self.kind or served_kind(self.model, defaults.get("revision"))
+        return ModelOptions(kind=kind, name=self.model, alias=self.alias, **{**defaults, **given})
+
+
+def served_kind(name: str, revision: str | None = None) -> str:
+    """How a model is served, read from its files or the catalog: "rerank" for a cross-encoder, else "embed".
+
+    bge-m3 serves as an embedder (its dense vectors). A 4xx when the files are not here to say.
+    """
+    try:
+        kind = _catalog.model_kind(name, revision)
+    except (OSError, _hub.BrokenModelError) as exc:
+        raise ServeError(400, f"load refused, nothing changed: {exc}", load_error_kind(exc),
+                         {"model_path": name}) from exc
+    if kind is None:
+        raise ServeError(422, f"load refused, nothing changed: 'kind' was not sent and {name!r} is neither a "
+                              "known bge model nor available locally, so its files cannot say what it is. "
+                              "Send \"kind\": \"embed\" or \"rerank\"")
+    return kinds.get(kind).group
 
 
 class UnloadRequest(BaseModel):
@@ -127,6 +154,7 @@ def create_app(config: ServeConfig | None = None, *, service: Service | None = N
     _add_middleware(app, service)
     _add_error_handlers(app)
     _add_data_routes(app, service, config)
+    _add_state_routes(app, service, config)
     _add_cohere_routes(app, service, config)
     _add_admin_routes(app, service, config)
     return app
@@ -215,7 +243,7 @@ def _add_error_handlers(app: FastAPI) -> None:
         return _error(exc.status_code, message, "not_found" if exc.status_code == 404 else "http_error")
 
 
-def _texts(value: Any, what: str, config: ServeConfig) -> list[str]:
+def _texts(value: Any, what: str, config: ServeConfig, allow_empty: bool = False) -> list[str]:
     """A request's texts as a list of strings within the limits, or the 4xx that says why not."""
     if value is None:
         raise ServeError(422, f"'{what}' is missing or null: send a string or a list of strings")
@@ -229,6 +257,10 @@ def _texts(value: Any, what: str, config: ServeConfig) -> list[str]:
                               "(max_texts): split the request", "request_too_large")
     check_texts(texts, what, advice="This server takes text only (no token ids): send strings.")
     for row, text in enumerate(texts):
+        if not text and not allow_empty:  # refused as OpenAI and text-embeddings-inference refuse it
+            where = f"'{what}' is" if isinstance(value, str) else f"{what} at row {row} is"
+            raise ServeError(422, f"{where} an empty string: send text (drop or fill empty rows before "
+                                  "sending)")
         if len(text) > config.max_chars:
             raise ServeError(413, f"{what} at row {row} has {len(text)} characters; the limit is "
                                   f"{config.max_chars} (max_chars): shorten it", "request_too_large")
@@ -249,7 +281,7 @@ def _add_data_routes(app: FastAPI, service: Service, config: ServeConfig) -> Non
     @app.post("/v1/embeddings")
     async def embeddings(body: EmbeddingRequest, request: Request) -> dict[str, Any]:
         model = service.model(body.model, "embed")
-        texts = _texts(body.input, "input", config)
+        texts = _texts(body.input, "input", config, body.allow_empty)
         current = model.current
         if body.dimensions is not None and body.dimensions != current.engine.dims:
             raise ServeError(422, f"dimensions={body.dimensions} but {model.id!r} makes "
@@ -269,12 +301,16 @@ def _add_data_routes(app: FastAPI, service: Service, config: ServeConfig) -> Non
     async def rerank(body: RerankRequest, request: Request) -> list[dict[str, Any]]:
         model = service.model(body.model, "rerank")
         query = check_query(body.query)
-        texts = _texts(body.texts, "texts", config)
+        texts = _texts(body.texts, "texts", config, body.allow_empty)
         scores, _ = await _run(service, request, model, texts, query=query,
                                normalize=not body.raw_scores, truncate=body.truncate)
         order = np.argsort(-scores, kind="stable")
         return [{"index": int(i), "score": float(scores[i]), **({"text": texts[i]} if body.return_text else {})}
                 for i in order]
+
+
+def _add_state_routes(app: FastAPI, service: Service, config: ServeConfig) -> None:
+    """What is served and how it is doing: models, health, readiness, metrics and TEI's ``/info``."""
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
@@ -372,11 +408,7 @@ def _add_admin_routes(app: FastAPI, service: Service, config: ServeConfig) -> No
 
     @app.post("/admin/load", dependencies=guard)
     def load(body: LoadRequest) -> dict[str, Any]:
-        try:
-            options = body.options(defaults)
-        except ValueError as exc:
-            raise ServeError(422, f"load refused, nothing changed: {exc}") from exc
-        return _admin(service, "load", options.id, lambda: admin.load(options))
+        return _admin(service, "load", body.alias or body.model, lambda: admin.load(_load_options(body, defaults)))
 
     @app.post("/admin/unload", dependencies=guard)
     def unload(body: UnloadRequest) -> dict[str, Any]:
@@ -385,6 +417,13 @@ def _add_admin_routes(app: FastAPI, service: Service, config: ServeConfig) -> No
     @app.get("/admin/engines", dependencies=guard)
     def engines() -> dict[str, Any]:
         return {**service.engines(), "memory": admin.memory()}
+
+
+def _load_options(body: LoadRequest, defaults: dict[str, Any]) -> ModelOptions:
+    try:
+        return body.options(defaults)
+    except ValueError as exc:
+        raise ServeError(422, f"load refused, nothing changed: {exc}") from exc
 
 
 def _admin(service: Service, action: str, model: str, run) -> dict[str, Any]:

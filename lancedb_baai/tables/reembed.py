@@ -16,6 +16,7 @@ Attach (``source=``) fills a new vector column the same way and records the func
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -312,20 +313,24 @@ def _refresh(table: Any) -> None:
 # ------------------------------------------------------------------ fill
 
 
-def fill_missing(table: Any, *, key: str, column: str | None = None, batch_size: int = 256,
+def fill_missing(table: Any, *, key: str | None = None, column: str | None = None, batch_size: int = 256,
                  checkpoint: str | Path | None = None) -> dict[str, Any]:
     """Embed the rows whose vector is null with the column's own function, in one commit.
 
     Such rows come from writes that skip the embedding function (``lance`` directly, an
     ``update`` or ``merge_insert`` of other columns, rows left for later). Vectors already
-    present stay bit for bit. Batches are kept in a checkpoint directory until the final
-    ``merge_insert`` on ``key``, so a killed run resumes; the column's drift guard applies.
+    present stay bit for bit. Batches are kept in a checkpoint directory until the commit,
+    so a killed run resumes; the column's drift guard applies. A writer that commits
+    meanwhile to the same fragments makes Lance refuse the commit: the call then runs again
+    on the new version (up to 3 times), and never writes over what that writer did.
 
     Parameters
     ----------
     table : lancedb.table.LanceTable
-    key : str
-        A column with a unique value per row, to write the vectors back by.
+    key : str, optional
+        A column with a unique value per row to write the vectors back by (``merge_insert``,
+        which moves the filled rows to the end of the table). Default: Lance's row ids, so
+        the vectors go into the rows where they are and every row keeps its place.
     column : str, optional
         The vector column; default the table's only embedding column.
     batch_size : int, default 256
@@ -337,28 +342,94 @@ def fill_missing(table: Any, *, key: str, column: str | None = None, batch_size:
     dict
         ``status`` ("filled" or "complete"), ``column``, ``rows`` (filled), ``version_before``, ``version_after``.
     """
+    from lance.commit import CommitConflictError
+
+    attempt = 1
+    while True:
+        try:
+            return _fill_once(table, key, column, batch_size, checkpoint)
+        except CommitConflictError:
+            if attempt == _ATTEMPTS:
+                raise
+            attempt += 1
+            logger.info("another writer committed during the fill: again on the new version")
+            table.checkout_latest()
+
+
+_ROWID, _ROWADDR = "_rowid", "_rowaddr"
+
+
+def _fill_once(table: Any, key: str | None, column: str | None, batch_size: int,
+               checkpoint: str | Path | None) -> dict[str, Any]:
     dataset = _writable(table)
     column = _embedding_column(table, column)
     conf, names = table.embedding_functions[column], table.schema.names
-    if key not in names or conf.source_column not in names:
-        missing = key if key not in names else conf.source_column
-        raise ValueError(f"column {missing!r} not found; columns are {names}")
+    for name in ([key] if key is not None else []) + [conf.source_column]:
+        if name not in names:
+            raise ValueError(f"column {name!r} not found; columns are {names}")
     version = table.version
-    todo = dataset.to_table(columns=[key, conf.source_column],
-                            filter=f"{column} IS NULL AND {conf.source_column} IS NOT NULL").sort_by(key)
+    todo = _missing_rows(dataset, column, conf.source_column, key)
     if todo.num_rows == 0:
         return {"status": "complete", "column": column, "rows": 0, "version_before": version, "version_after": version}
     ck = Checkpoint(checkpoint) if checkpoint else Checkpoint.default(table.uri, f"{column}@{version}", "fill")
-    kind = table.schema.field(column).type
-
-    def batch(rows: pa.Table) -> pa.Table:
-        texts = rows[conf.source_column].to_pylist()
-        return pa.table({key: rows[key], column: embedded_array(conf.function, texts, kind)})
-
-    updates = pa.concat_tables([ck.table(f"batch-{i:06d}", lambda rows=todo.slice(start, batch_size): batch(rows))
-                                for i, start in enumerate(range(0, todo.num_rows, batch_size))])
-    dataset.merge_insert(key).when_matched_update_all().execute(updates)
+    updates = _fill_batches(todo, conf, column, table.schema.field(column).type, batch_size, ck)
+    if key is None:
+        _write_by_row_id(dataset, updates, column)
+    else:
+        dataset.merge_insert(key).when_matched_update_all().execute(updates)
     ck.remove()
     _refresh(table)
     return {"status": "filled", "column": column, "rows": updates.num_rows, "version_before": version,
             "version_after": table.version}
+
+
+def _missing_rows(dataset: Any, column: str, source: str, key: str | None) -> pa.Table:
+    """The rows to fill (a text, no vector): ``key`` and the text, or their row ids and addresses, in order."""
+    where = f"{column} IS NULL AND {source} IS NOT NULL"
+    if key is not None:
+        return dataset.to_table(columns=[key, source], filter=where).sort_by(key)
+    rows = dataset.to_table(columns=[source], filter=where, with_row_id=True, with_row_address=True)
+    return rows.select([_ROWID, _ROWADDR, source]).sort_by(_ROWADDR)
+
+
+def _fill_batches(todo: pa.Table, conf: Any, column: str, kind: pa.DataType, batch_size: int,
+                  ck: Checkpoint) -> pa.Table:
+    """Every row's new vector beside the columns that say where it goes, a checkpointed batch at a time.
+
+    A batch is named by a digest of its rows (where they go and their texts): one kept by an
+    earlier run is used only for exactly those rows.
+    """
+    source = conf.source_column
+    where = [name for name in todo.column_names if name != source]
+
+    def batch(rows: pa.Table) -> pa.Table:
+        vectors = embedded_array(conf.function, rows[source].to_pylist(), kind)
+        return pa.table({**{name: rows[name] for name in where}, column: vectors})
+
+    parts = []
+    for start in range(0, todo.num_rows, batch_size):
+        rows = todo.slice(start, batch_size)
+        digest = hashlib.sha256(json.dumps(rows.to_pydict(), default=str).encode()).hexdigest()[:20]
+        parts.append(ck.table(f"batch-{start // batch_size:06d}-{digest}", lambda rows=rows: batch(rows)))
+    return pa.concat_tables(parts)
+
+
+def _write_by_row_id(dataset: Any, updates: pa.Table, column: str) -> int:
+    """Put ``updates``' vectors into the rows their ``_rowid`` names, fragment by fragment, in one commit.
+
+    Lance rewrites ``column`` of the fragments that have such rows (rows not named keep their
+    vectors; deletions and the other columns stay as they are) and commits them with
+    ``read_version``: a writer that changed those fragments meanwhile makes the commit fail.
+    """
+    import lance
+    import pyarrow.compute as pc
+
+    fragment_of = pc.shift_right(updates[_ROWADDR], 32)
+    written, fields = [], set()
+    for fragment_id in pc.unique(fragment_of).to_pylist():
+        rows = updates.filter(pc.equal(fragment_of, fragment_id)).select([_ROWID, column])
+        metadata, modified = dataset.get_fragment(fragment_id).update_columns(rows, left_on=_ROWID)
+        written.append(metadata)
+        fields.update(modified)
+    operation = lance.LanceOperation.Update(updated_fragments=written, fields_modified=sorted(fields))
+    return lance.LanceDataset.commit(dataset.uri, operation, read_version=dataset.version).version
