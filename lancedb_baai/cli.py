@@ -443,12 +443,12 @@ def rerank(
     model: str = typer.Option("BAAI/bge-reranker-base", "--model", "-m", help="Hub id or local reranker directory."),
     normalize: bool = typer.Option(False, "--normalize", help="Scores as sigmoid(logit) in [0, 1]."),
     sort: bool = typer.Option(False, "--sort", help="Best first (reads all passages before writing)."),
-    device: str = _DEVICE,
-    dtype: str = _DTYPE,
-    backend: str = _BACKEND,
-    precision: Optional[str] = _PRECISION,
     batch_size: int = _BATCH,
     progress: Optional[bool] = _PROGRESS,
+    backend: str = _BACKEND,
+    precision: Optional[str] = _PRECISION,
+    device: str = _DEVICE,
+    dtype: str = _DTYPE,
 ) -> None:
     """Score passages, one per line, against a query; write JSON lines `{"text": ..., "score": ...}`.
 

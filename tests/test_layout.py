@@ -7,8 +7,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 import lancedb_baai
 
 PACKAGE = Path(lancedb_baai.__file__).parent
@@ -86,7 +84,6 @@ def test_every_module_has_a_layer():
     assert all(_layer(name) >= 0 for name in MODULES)
 
 
-@pytest.mark.xfail(strict=True, reason="the engine core rewrite (next commits) removes the last upward imports")
 def test_no_module_imports_one_above_it():
     """Imports inside functions included: the runtimes never reach the engines, the engines never the functions."""
     graph = {name: _imports(path) for name, path in MODULES.items()}

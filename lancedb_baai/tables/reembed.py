@@ -283,7 +283,7 @@ def _embed(dataset: Any, work: list, plan: Plan, function: EmbedderConfig, ck: C
            ray_actors: int | None) -> int:
     """Every chunk's vectors, here or on Ray actors; how many texts were embedded."""
     if ray_actors:
-        from ..ray import embed_chunks
+        from .actors import embed_chunks
 
         return embed_chunks(dataset, work, plan, function, ck, ray_actors)
     rows = sum(c.rows for c in work)

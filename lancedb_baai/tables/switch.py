@@ -5,7 +5,7 @@ Three steps, none visible to readers until the last:
 1. **chunks**: the live rows of each fragment, a batch at a time. A chunk's new vectors
    (embedded, or taken from a kept column that the target model made) are kept in the
    checkpoint as soon as they exist. Chunks run here or on Ray actors
-   (:func:`lancedb_baai.ray.embed_chunks`); a chunk is the unit of work and of resume.
+   (:func:`lancedb_baai.tables.actors.embed_chunks`); a chunk is the unit of work and of resume.
 2. **fragments**: Lance writes each fragment's new data files (``merge_columns``, no commit):
    the new vectors, and the vectors they replace as ``list<float32>``, which LanceDB does not
    take for a vector column, so plain ``table.search("text")`` has exactly one to use. The

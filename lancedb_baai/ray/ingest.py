@@ -1,18 +1,9 @@
-"""Scale-out ingest on Ray Data: one cached engine per actor, written straight to Lance.
+"""Scale-out ingest on Ray Data: :func:`embed_to_lance` reads, embeds on an actor pool and writes Lance.
 
-Two callable classes plug into ``Dataset.map_batches(..., batch_format="pyarrow")`` on an
-actor pool: :class:`BAAIEmbedBatches` appends a vector column, :class:`BAAIRerankBatches`
-appends a score column. Each actor loads its model once, from this package's per-process
-engine cache, when Ray constructs it; batches go Arrow in, Arrow out.
-
-:func:`embed_to_lance` runs the whole job: read, embed on an actor pool, write Lance
-fragments from the workers into a staging dataset, and create (or overwrite) the target
-table from it in one commit at the end, with the same schema and embedding-function
-metadata that ``table.add`` on a LanceDB table would give. A failure leaves the target as
-it was. :func:`embed_chunks` is the embedding step of ``lancedb_baai.reembed(...,
-ray_actors=N)``, resumable like the local one.
-
-Ray is imported when first needed: install it with ``pip install "lancedb_baai[ray]"``.
+Lance fragments are written from the workers into a staging dataset, and the target table
+is created (or overwritten) from it in one commit at the end, with the same schema and
+embedding-function metadata that ``table.add`` on a LanceDB table would give. A failure
+leaves the target as it was.
 """
 
 from __future__ import annotations
@@ -22,264 +13,29 @@ import json
 import logging
 import os
 import shutil
-import sys
 import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
-from .functions.arrow import vector_array
-from .engines.cache import CACHE
-from .tables.checkpoint import Checkpoint
-from .functions.config import EngineConfig
-from .tables.switch import Chunk, Plan, embed_chunk
-from .functions.embeddings import BAAIEmbeddings
-from .functions.reranker import BAAIRerankFunction
+from ..functions.embeddings import BAAIEmbeddings
+from ..tables.actors import actor_options, require_ray
+from .batches import DEBUG_COLUMNS, BAAIEmbedBatches, BadRowError, as_function, is_string_type
 
 if TYPE_CHECKING:
     import ray.data
-
-__all__ = ["BAAIEmbedBatches", "BAAIRerankBatches", "BadRowError", "DEBUG_COLUMNS", "IngestReport",
-           "actor_options", "embed_chunks", "embed_to_lance"]
 
 logger = logging.getLogger(__name__)
 
 Mode = Literal["create", "overwrite"]
 MODES: tuple[str, ...] = ("create", "overwrite")
 
-DEBUG_COLUMNS: tuple[str, ...] = ("baai_actor", "baai_pid", "baai_load_count")
-"""Columns a ``debug=True`` batch class appends: Ray actor id, process id, model loads in that process."""
-
 _STAGING_DIR = "_lancedb_baai_staging"  # not a "*.lance" name, so LanceDB never lists it as a table
 _ROWS_PER_STAGING_FILE = 16384
 _ACTOR_START_TIMEOUT_S = 900  # model actors may wait for an autoscaler to add GPU nodes
-
-
-class BadRowError(ValueError):
-    """A row the model cannot take (null, not a string), named by its column and row."""
-
-
-def require_ray() -> Any:
-    """The ``ray`` module, or an ImportError that says which extra to install."""
-    try:
-        import ray
-        import ray.data  # noqa: F401
-    except ImportError as error:
-        raise ImportError(
-            'lancedb_baai.ray needs Ray Data: pip install "lancedb_baai[ray]"'
-        ) from error
-    return ray
-
-
-# --------------------------------------------------------------------------- batch classes
-
-
-class _BatchFunction:
-    """What both batch classes share: a configuration, its engine loaded at construction, debug columns."""
-
-    registry_name: ClassVar[str]
-    config_class: ClassVar[type[EngineConfig]]
-
-    def __init__(self, function: EngineConfig | Mapping[str, Any], debug: bool = False) -> None:
-        self.function = as_function(function, self.registry_name, self.config_class)
-        self.debug = debug
-        # Ray builds the class once per actor: load here, so batches only ever hit the cache.
-        self.function.engine()
-
-    def cache_info(self) -> list[dict[str, Any]]:
-        """This process's ``lancedb_baai.cache_info()`` records (call it on a Ray actor handle)."""
-        return CACHE.info()
-
-    def _finish(self, batch: pa.Table) -> pa.Table:
-        if not self.debug:
-            return batch
-        rows = batch.num_rows
-        values = (_actor_id(), os.getpid(), CACHE.total_loads())
-        types = (pa.string(), pa.int64(), pa.int64())
-        for name, value, kind in zip(DEBUG_COLUMNS, values, types):
-            batch = batch.append_column(name, pa.repeat(pa.scalar(value, kind), rows))
-        return batch
-
-
-class BAAIEmbedBatches(_BatchFunction):
-    """Append a ``local-baai`` vector column to Arrow batches; for ``Dataset.map_batches`` actor pools.
-
-    Parameters
-    ----------
-    function : BAAIEmbeddings or dict
-        The embedding configuration, or its ``model_dump()`` / ``create()`` arguments.
-    text_column : str, default "text"
-        The string column to embed (as passages: no query instruction).
-    vector_column : str, default "vector"
-        The ``fixed_size_list<float32>[dims]`` column appended to each batch.
-    debug : bool, default False
-        Also append :data:`DEBUG_COLUMNS`, so loads per actor can be counted from the output.
-
-    Examples
-    --------
-    >>> ds.map_batches(BAAIEmbedBatches, fn_constructor_kwargs={"function": fn},  # doctest: +SKIP
-    ...                batch_format="pyarrow", batch_size=256, concurrency=2,
-    ...                **actor_options(fn, concurrency=2))
-    """
-
-    registry_name = "local-baai"
-    config_class = BAAIEmbeddings
-
-    def __init__(self, function: BAAIEmbeddings | Mapping[str, Any], text_column: str = "text",
-                 vector_column: str = "vector", debug: bool = False) -> None:
-        super().__init__(function, debug)
-        self.text_column = text_column
-        self.vector_column = vector_column
-
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        texts = string_column(batch, self.text_column).to_pylist()
-        function = self.function
-        matrix = function.engine().encode(texts, normalize=function.normalize,
-                                          batch_size=function.batch_size)
-        vectors = vector_array(matrix)
-        return self._finish(batch.append_column(pa.field(self.vector_column, vectors.type), vectors))
-
-
-class BAAIRerankBatches(_BatchFunction):
-    """Append a ``local-baai-rerank`` score column to Arrow batches of (query, passage) pairs.
-
-    Rows that share a query are scored together; scores are FlagReranker's (raw logits,
-    or their sigmoid with the function's ``normalize=True``), as float32.
-
-    Parameters
-    ----------
-    function : BAAIRerankFunction or dict
-        The reranker configuration, or its ``model_dump()`` / ``create()`` arguments.
-    query_column, passage_column : str
-        String columns holding each pair's query and passage.
-    score_column : str, default "score"
-        The float32 column appended to each batch.
-    debug : bool, default False
-        Also append :data:`DEBUG_COLUMNS`.
-    """
-
-    registry_name = "local-baai-rerank"
-    config_class = BAAIRerankFunction
-
-    def __init__(self, function: BAAIRerankFunction | Mapping[str, Any], query_column: str = "query",
-                 passage_column: str = "passage", score_column: str = "score",
-                 debug: bool = False) -> None:
-        super().__init__(function, debug)
-        self.query_column = query_column
-        self.passage_column = passage_column
-        self.score_column = score_column
-
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        queries = string_column(batch, self.query_column, allow_blank=False)
-        passages = string_column(batch, self.passage_column)
-        encoded = pc.dictionary_encode(queries.combine_chunks())
-        codes = encoded.indices.to_numpy(zero_copy_only=False)
-        scores = np.empty(batch.num_rows, dtype=np.float32)
-        for code, query in enumerate(encoded.dictionary.to_pylist()):
-            rows = np.flatnonzero(codes == code)
-            scores[rows] = self.function.score(query, passages.take(pa.array(rows)).to_pylist())
-        column = pa.array(scores, type=pa.float32())
-        return self._finish(batch.append_column(pa.field(self.score_column, pa.float32()), column))
-
-
-def as_function(function: Any, registry_name: str, config_class: type[EngineConfig]) -> Any:
-    """A function configuration as given, or made from its dict through LanceDB's registry."""
-    if isinstance(function, config_class):
-        return function
-    if isinstance(function, Mapping):
-        from lancedb.embeddings import get_registry
-
-        return get_registry().get(registry_name).create(**function)
-    raise TypeError(
-        f"function must be a {registry_name!r} configuration ({config_class.__name__} or the dict "
-        f"of its arguments), got {type(function).__name__}"
-    )
-
-
-def string_column(batch: pa.Table, column: str, allow_blank: bool = True) -> pa.ChunkedArray:
-    """The batch's ``column`` if every row holds a string, else an error naming the column and row."""
-    if column not in batch.column_names:
-        raise ValueError(f"column {column!r} not found in the batch; columns are {batch.column_names}. "
-                         f"Pass the name of the text column.")
-    values = batch.column(column)
-    if not _is_string_type(values.type):
-        raise BadRowError(
-            f"column {column!r} holds {values.type} values, not strings (row 0 is "
-            f"{_row(batch, 0)}). bge models take text only: cast or convert the column first."
-        )
-    bad = pc.is_null(values)
-    problem = "is null"
-    if not allow_blank and not values.null_count:
-        bad, problem = pc.equal(pc.utf8_trim_whitespace(values), ""), "is blank"
-    if pc.any(bad).as_py():
-        row = pc.index(bad, True).as_py()
-        raise BadRowError(
-            f"column {column!r} {problem} at row {row} of a {batch.num_rows}-row batch "
-            f"({_row(batch, row)}). bge models take non-empty strings only: fill or drop such rows."
-        )
-    return values
-
-
-def _is_string_type(kind: pa.DataType) -> bool:
-    checks = (pa.types.is_string, pa.types.is_large_string, getattr(pa.types, "is_string_view", None))
-    return any(check is not None and check(kind) for check in checks)
-
-
-def _row(batch: pa.Table, row: int, width: int = 60) -> str:
-    """One row's values, shortened, so the user can find it in the source."""
-    if batch.num_rows == 0:
-        return "empty batch"
-    values = {name: batch.column(name)[row].as_py() for name in batch.column_names}
-    return ", ".join(f"{name}={_short(value, width)}" for name, value in values.items())
-
-
-def _short(value: Any, width: int) -> str:
-    text = repr(value)
-    return text if len(text) <= width else text[: width - 3] + "..."
-
-
-def _actor_id() -> str:
-    ray = sys.modules.get("ray")
-    if ray is None or not ray.is_initialized():
-        return ""
-    return ray.get_runtime_context().get_actor_id() or ""
-
-
-# --------------------------------------------------------------------------- resources
-
-
-def actor_options(function: EngineConfig, concurrency: int, num_cpus: float | None = None,
-                  num_gpus: float | None = None) -> dict[str, float]:
-    """``num_cpus``/``num_gpus`` for each of ``concurrency`` model actors on the connected cluster.
-
-    An actor gets a GPU when the function's device is CUDA, or "auto" on a cluster that has
-    GPUs. CPU actors take at most one CPU each, and together leave one CPU free so Ray
-    Data's read and write tasks can still be scheduled (on a 2-CPU machine, 2 actors would
-    otherwise hold every CPU and the job would wait forever).
-    """
-    ray = require_ray()
-    if not ray.is_initialized():
-        ray.init()
-    resources = ray.cluster_resources()
-    if num_gpus is None:
-        device = function.device
-        on_gpu = device.startswith("cuda") or (device == "auto" and resources.get("GPU", 0) >= 1)
-        num_gpus = 1 if on_gpu else 0
-    if num_cpus is None:
-        spare = (resources.get("CPU", 1.0) - 1.0) / max(concurrency, 1)
-        num_cpus = min(1.0, max(spare, 0.05))
-    options = {"num_cpus": float(num_cpus)}
-    if num_gpus:
-        options["num_gpus"] = float(num_gpus)
-    return options
-
-
-# --------------------------------------------------------------------------- embed_to_lance
 
 
 @dataclass(frozen=True)
@@ -394,7 +150,7 @@ def target_schema(source: pa.Schema, function: BAAIEmbeddings, text_column: str,
     if text_column not in source.names:
         raise ValueError(f"column {text_column!r} not found in the source; columns are "
                          f"{source.names}. Pass text_column= the column to embed.")
-    if not _is_string_type(source.field(text_column).type):
+    if not is_string_type(source.field(text_column).type):
         raise BadRowError(f"column {text_column!r} holds {source.field(text_column).type} values, "
                           "not strings; bge models take text only: cast or convert the column first.")
     vector = pa.field(vector_column, pa.list_(pa.float32(), function.ndims()))
@@ -466,48 +222,6 @@ class _Job:
         table = db.create_table(table_name, data=staged.scanner().to_reader(), schema=self.schema,
                                 embedding_functions=[config], mode=mode)
         return table.count_rows()
-
-
-# --------------------------------------------------------------------------- reembed on actors
-
-
-def embed_chunks(dataset: Any, work: list[Chunk], plan: Plan, function: BAAIEmbeddings, checkpoint: Checkpoint,
-                 actors: int) -> int:
-    """Make :func:`lancedb_baai.reembed`'s chunks on ``actors`` Ray actors; how many texts they embedded.
-
-    Each actor loads the model once, opens the table at the planned version and keeps its
-    chunks in the checkpoint directory, which every actor must reach (one machine, or a
-    shared filesystem). Chunks kept by an earlier run are skipped, so a run killed at any
-    point (driver or actor) resumes like the local one.
-    """
-    ray = require_ray()
-    todo = [chunk for chunk in work if not checkpoint.has(chunk.name)]
-    if not todo:
-        return 0
-    options = actor_options(function, actors)
-    pool = [ray.remote(_ChunkActor).options(**options).remote(function, dataset.uri, dataset.version, plan,
-                                                              checkpoint)
-            for _ in range(min(actors, len(todo)))]
-    calls = [pool[i % len(pool)].run.remote(chunk) for i, chunk in enumerate(todo)]
-    try:
-        return sum(ray.get(calls))
-    finally:
-        for actor in pool:
-            ray.kill(actor)
-
-
-class _ChunkActor:
-    """One Ray actor of :func:`embed_chunks`: the model, loaded once, and the table at one version."""
-
-    def __init__(self, function: BAAIEmbeddings, uri: str, version: int, plan: Plan, checkpoint: Checkpoint) -> None:
-        import lance
-
-        self.function, self.plan, self.checkpoint = function, plan, checkpoint
-        self.dataset = lance.dataset(uri, version=version)
-        function.engine()
-
-    def run(self, chunk: Chunk) -> int:
-        return embed_chunk(self.dataset, chunk, self.plan, self.function, self.checkpoint)
 
 
 @contextmanager
