@@ -8,6 +8,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, BeforeValidator, Field, ValidationInfo, field_validator, model_validator
 
+from ..engines import kinds
 from ..engines.cache import CACHE, EngineKey
 from ..engines.choice import Choice, Wanted, check_backend, check_precision, choose, peek
 from ..engines.cache import Loaded
@@ -162,7 +163,8 @@ class EngineConfig(EngineOptions):
     def engine(self) -> Any:
         """The engine that runs this configuration: a server's when ``url`` is set, else this process's."""
         if self.url:
-            return remote.engine(self.engine_kind, self.url, self.name, self.api_key)
+            engine = remote.RemoteEmbedder if kinds.get(self.engine_kind).makes_vectors else remote.RemoteReranker
+            return engine(self.url, self.name, self.api_key)
         return self.loaded().engine
 
     def fingerprint(self) -> dict[str, Any] | None:

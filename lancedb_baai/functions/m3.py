@@ -210,7 +210,7 @@ class BGEM3ColbertEmbeddings(NoRetry, _M3Config, TextEmbeddingFunction):
 @functools.lru_cache(maxsize=256)
 def _colbert_dims(name: str, revision: str | None) -> int:
     spec = None if _hub.is_local(name) else _catalog.lookup(name)
-    if spec is not None and spec.kind == "m3" and spec.dims is not None:
+    if spec is not None and _catalog.is_m3(name) and spec.dims is not None:
         return spec.dims  # bge-m3's ColBERT head keeps the encoder's width
     path = _hub.cached_dir(name, revision)
     if path is None:

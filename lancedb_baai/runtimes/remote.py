@@ -119,11 +119,6 @@ class RemoteReranker:
         return rerank(self.url, self.name, query, list(passages), raw_scores=not normalize, api_key=self.api_key)
 
 
-def engine(kind: str, url: str, name: str, api_key: str | None = None) -> RemoteEmbedder | RemoteReranker:
-    """The server at ``url``'s model ``name`` as an engine of ``kind`` ("embed" or "rerank")."""
-    return (RemoteReranker if kind == "rerank" else RemoteEmbedder)(url, name, api_key)
-
-
 def _request(method: str, url: str, path: str, payload: dict[str, Any] | None = None,
              api_key: str | None = None) -> Any:
     import httpx

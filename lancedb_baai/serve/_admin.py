@@ -21,6 +21,7 @@ from typing import Any
 
 from ..engines import cache as _cache
 from ..models import hub as _hub
+from ..engines import kinds
 from ..engines.history import History, NothingToRollBack
 from ._service import HISTORY_DEPTH, Current, ServedModel, ServeError, Service
 from ._settings import ModelOptions
@@ -47,7 +48,7 @@ class Admin:
             serving, version = model.current.served, model.current.version  # not the snapshot: see _busy
             dims = getattr(model.current.engine, "dims", None)
             candidate = self._candidate(model, new, version + 1, f"swap failed, still serving {serving!r}")
-            if model.kind == "embed" and candidate.engine.dims != dims and not allow_dims_change:
+            if kinds.get(model.kind).makes_vectors and candidate.engine.dims != dims and not allow_dims_change:
                 self.service.release_unused()
                 raise ServeError(409, f"swap refused, still serving {serving!r}: {new!r} makes "
                                       f"{candidate.engine.dims}-d vectors, {serving!r} makes "
@@ -111,7 +112,7 @@ class Admin:
                 service.generation = written["generation"]
                 released = service.remove(model, written)
                 service.store.changed()
-                service._acknowledge()
+                service.acknowledge()
             return {**before, "unloaded": True, "released": released, "generation": service.generation,
                     "rss_bytes": rss()}
 
@@ -177,7 +178,7 @@ class Admin:
             service.generation = written["generation"]
             service.release_unused(written)
             service.store.changed()  # this process has applied its own write
-            service._acknowledge()
+            service.acknowledge()
         record = {**model.record(), "previous": previous, "generation": service.generation, "rss_bytes": rss()}
         if affected is not None:
             record["affected_tables"] = affected
@@ -185,7 +186,7 @@ class Admin:
 
     def _affected_tables(self, model: ServedModel, candidate: Current) -> list[dict[str, Any]] | None:
         """For an embedder served until now: the ``--table`` columns its vectors fill that ``candidate``'s would not."""
-        if model.current is None or model.kind != "embed":
+        if model.current is None or not kinds.get(model.kind).makes_vectors:
             return None
         return _tables.affected(self.config.tables, model.current.loaded, candidate.loaded)
 

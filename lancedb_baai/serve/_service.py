@@ -119,7 +119,7 @@ class ServedModel:
         cur = self.current
         key = cur.engine.key if cur else None
         return {"model_id": self.id, "kind": self.kind,
-                "model_type": "embedding" if self.kind == "embed" else "reranker",
+                "model_type": "embedding" if kinds.get(self.kind).makes_vectors else "reranker",
                 "served": cur.served if cur else None, "model_version": cur.version if cur else None,
                 "model_sha": cur.revision if cur else None, "model_dtype": key.dtype if key else None,
                 "model_device": key.device if key else None,
@@ -218,7 +218,7 @@ class Service:
             for model_id, options in wanted.items():
                 self._follow(model_id, options, state)
             self.generation = max(self.generation, state["generation"])
-            self._acknowledge()
+            self.acknowledge()
 
     def _follow(self, model_id: str, options: ModelOptions, state: dict[str, Any]) -> None:
         """Load ``model_id`` as ``state`` records it, if this process serves something else (or nothing)."""
@@ -280,7 +280,8 @@ class Service:
             doomed, self._doomed = self._doomed, []
         _settle(doomed)
 
-    def _acknowledge(self) -> None:
+    def acknowledge(self) -> None:
+        """Record in the state directory what this worker now serves (the admin routes show it)."""
         self.store.acknowledge({"pid": os.getpid(), "generation": self.generation,
                                 "load_count": _cache.CACHE.total_loads(),
                                 "served": {m.id: m.current.header() for m in self.models.values() if m.current},
