@@ -29,7 +29,7 @@ class BAAIEmbeddings(NoRetry, EmbedderConfig, TextEmbeddingFunction):
         "auto" (the fastest faithful dtype for the device), "float32", "float16" or "bfloat16".
     backend : {"auto", "torch", "onnx", "openvino"}, default "auto"
         The runtime: "auto" takes the fastest installed one that passes the fidelity gate
-        on this host (see "CPU backends" in the README); ONNX Runtime and OpenVINO run an
+        on this host (see the docs, "CPU backends"); ONNX Runtime and OpenVINO run an
         export of the model, made once per machine, without torch.
     precision : {None, "fp32", "bf16", "int8"}, default None
         The precision on ONNX Runtime / OpenVINO (None: bf16 where native, else fp32);
@@ -56,7 +56,7 @@ class BAAIEmbeddings(NoRetry, EmbedderConfig, TextEmbeddingFunction):
         stored in the table's metadata.
     on_drift : {"error", "warn"}, default "error"
         What a table's function does when the model serving it is not the one that made
-        the table's vectors (see "Changing models safely" in the README).
+        the table's vectors (see the docs, "Changing models safely").
 
     Examples
     --------
