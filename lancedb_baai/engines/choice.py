@@ -215,6 +215,8 @@ class _Candidates:
         self.reference: Reference | None = None
         self.opened: dict[EngineKey, Loaded] = {}
         self.figures: dict[str, Any] = {}
+        self.refused: set[str] = set()
+        """Precisions a runtime was gated in and fell short (the model is not faithful in them here)."""
 
     def key(self, backend: str, dtype: str) -> EngineKey:
         w = self.wanted
@@ -239,6 +241,7 @@ class _Candidates:
         self.figures = figures
         if not fidelity.passes(figures, dtype, self.wanted.min_fidelity):
             self.skipped.append(f"{backend} {dtype}: fails the gate ({fidelity.describe(figures)})")
+            self.refused.add(dtype)
             return False
         return True
 
@@ -274,6 +277,9 @@ def _auto(wanted: Wanted, measure: bool) -> Choice:
         if backend == "torch":
             if dtype == "bfloat16" and not cpu_bf16_report().use_bf16:
                 tried.skipped.append(f"torch bfloat16: {cpu_bf16_report().reason()}")
+                continue
+            if dtype in tried.refused:  # measured on another runtime: this precision is not faithful here
+                tried.skipped.append("torch bfloat16: bf16 fails the gate for this model here")
                 continue
             dtype = dtype or _dtype_for(runtimes.get("torch"), wanted, tried.device)
             why = tried.why() or "the only backend for this model and device"

@@ -81,15 +81,13 @@ def reference_for(key: EngineKey, trust_remote_code: bool = False, show_progress
 
 
 def load(key: EngineKey, trust_remote_code: bool = False, show_progress: bool = False,
-         min_fidelity: float | None = None, reason: str = "asked for",
-         reference: Reference | None = None) -> Loaded:
+         min_fidelity: float | None = None, reason: str = "asked for") -> Loaded:
     """Build the engine ``key`` names, with its record; an exported engine must pass the fidelity gate.
 
-    ``reference`` is the float32 torch module already built for this model, when the caller
-    has one (the choice of a backend measured it): the weights are then not read again.
+    The model's torch module is built once: an export is traced from it and measured against it.
     """
     start = time.perf_counter()
-    reference = reference or reference_for(key, trust_remote_code, show_progress)
+    reference = reference_for(key, trust_remote_code, show_progress)
     loaded = open_engine(key, reference, reason)
     if loaded.fidelity is not None:
         fidelity.enforce(f"{key.model} on {key.backend} {key.dtype}", loaded.fidelity, key.dtype, min_fidelity)

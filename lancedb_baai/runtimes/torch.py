@@ -6,7 +6,6 @@ to the device and dtype. Outputs come back as float32 numpy arrays, like every r
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -49,13 +48,6 @@ class TorchRuntime(Runtime):
         model = request.build()
         model.module.to(device=request.device, dtype=torch_dtype(request.dtype)).eval()
         return TorchSession(model.module, request.device, model.graph.inputs), model.graph
-
-
-def set_threads(threads: int) -> None:
-    """Intra-op threads of torch in this process, if torch is already imported (never imports it)."""
-    torch = sys.modules.get("torch")
-    if torch is not None:
-        torch.set_num_threads(threads)
 
 
 TORCH = register(TorchRuntime())
