@@ -218,10 +218,11 @@ def host_report() -> dict[str, Any]:
 def _backend_report(device: str) -> dict[str, Any]:
     """What ``backend="auto"`` tries here, in order, and which runtimes are installed."""
     order = _choice.candidates("embed", device, None, "auto")
-    installed = {name: _runtimes.get(name).missing() is None for name in _runtimes.names()[1:]}
-    return {"installed": {name: ok for name, ok in installed.items() if name != "torch"},
+    optional = [_runtimes.get(name) for name in _runtimes.names()[1:] if _runtimes.get(name).extra]
+    installed = {runtime.name: runtime.missing() is None for runtime in optional}
+    return {"installed": installed,
             "openvino_bf16": openvino_native_bf16(), "native_bf16": list(_device.native_bf16_flags()),
-            "auto_order": [f"{b} {d or 'auto dtype'}" for b, d in order if installed.get(b)],
+            "auto_order": [f"{b} {d or 'auto dtype'}" for b, d in order if _runtimes.get(b).missing() is None],
             "export_cache": str(_export.cache_root())}
 
 

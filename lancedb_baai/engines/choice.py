@@ -275,11 +275,11 @@ def _auto(wanted: Wanted, measure: bool) -> Choice:
     for backend, dtype in candidates(wanted.kind, tried.device, wanted.precision, wanted.dtype,
                                      wanted.trust_remote_code):
         if backend == "torch":
-            if dtype == "bfloat16" and not cpu_bf16_report().use_bf16:
-                tried.skipped.append(f"torch bfloat16: {cpu_bf16_report().reason()}")
-                continue
             if dtype in tried.refused:  # measured on another runtime: this precision is not faithful here
-                tried.skipped.append("torch bfloat16: bf16 fails the gate for this model here")
+                tried.skipped.append(f"torch {dtype}: {dtype} fails the gate for this model here")
+                continue
+            if dtype == "bfloat16" and not cpu_bf16_report().use_bf16:  # asks torch's oneDNN: imports torch
+                tried.skipped.append(f"torch bfloat16: {cpu_bf16_report().reason()}")
                 continue
             dtype = dtype or _dtype_for(runtimes.get("torch"), wanted, tried.device)
             why = tried.why() or "the only backend for this model and device"

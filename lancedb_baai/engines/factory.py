@@ -161,7 +161,7 @@ class _Announcement:
 
     def start(self, what: str) -> None:
         size = fingerprint.weights_bytes(self.reference.path) / 2**20
-        self.bar = progress.announce(
+        self.bar = progress.Announcement(
             f"lancedb_baai: preparing {self.key.model} for {what} on this machine, once "
             f"({size:.1f} MiB of weights: export, then the fidelity gate; `lancedb-baai export` does it ahead of time)")
 

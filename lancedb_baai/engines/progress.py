@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from contextlib import nullcontext
 
 AUTO_MIN_TEXTS = 1000
@@ -36,8 +37,21 @@ def bar(enabled: bool, total: int, desc: str):
     return tqdm(total=total, desc=desc, unit="text", leave=False)
 
 
-def announce(message: str):
-    """One line on stderr for a one-time step that takes long; it shows the elapsed time when closed."""
-    from tqdm.auto import tqdm
+class Announcement:
+    """One line on stderr for a one-time step that takes long, as a download's progress line is.
 
-    return tqdm(total=None, desc=message, bar_format="{desc} [{elapsed}]", file=sys.stderr, mininterval=1.0)
+    In a terminal the line ends with the time the step took once it is done; elsewhere (a
+    log, a notebook) it is written whole when the step starts, so it is one line either way.
+    """
+
+    def __init__(self, message: str) -> None:
+        self._start = time.perf_counter()
+        self._open = _interactive()
+        sys.stderr.write(message + ("" if self._open else "\n"))
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        if self._open:
+            sys.stderr.write(f" done in {time.perf_counter() - self._start:.1f}s\n")
+            sys.stderr.flush()
+            self._open = False
