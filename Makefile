@@ -32,10 +32,10 @@ $(REF_VENV)/.installed: pyproject.toml lowest-versions.txt
 # Two lanes, so CI pays for the longer one, not their sum (the suite waits on processes and
 # disks for much of its time): the main lane runs the suite in .venv; the background lane
 # installs .venv-ref and runs `make parity` there, then the benchmark smoke runs and the
-# kill tests, the ONNX Runtime / OpenVINO tests, the quickstart and notebook runs in .venv (whole scripts and processes,
+# kill tests, the ONNX Runtime / OpenVINO and runtime-interface tests, the quickstart and notebook runs in .venv (whole scripts and processes,
 # independent of the rest; chosen so that the two lanes take about as long). Its log follows
 # the main lane's report; either lane failing fails `make test`.
-BACKGROUND_TESTS ?= tests/test_benchmarks.py tests/test_reliability.py tests/test_backends.py tests/test_quickstart.py \
+BACKGROUND_TESTS ?= tests/test_benchmarks.py tests/test_reliability.py tests/test_backends.py tests/test_quickstart.py tests/test_runtimes.py \
 	tests/test_notebook.py
 BACKGROUND_LOG ?= tests-background.log
 
