@@ -30,8 +30,8 @@ from . import fingerprint as _fingerprint
 
 logger = logging.getLogger(__name__)
 
-FORMAT = 1
-"""Bumped when what an export holds changes; part of every export's directory name."""
+FORMAT = 2
+"""Bumped when what an export holds changes; part of every export's directory name (2: the manifest holds the graph's outputs and facts)."""
 CACHE_ENV = "LANCEDB_BAAI_CACHE"
 MANIFEST = "manifest.json"
 
