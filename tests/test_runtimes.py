@@ -180,3 +180,28 @@ def test_a_table_declared_on_torch_records_its_backend_without_loading(sharp_st_
     assert lancedb_baai.load_count() == before
     stored = table.embedding_functions["vector"].function.stored_provenance()
     assert (stored["backend"], stored["dtype"]) == ("torch", "float32")
+
+
+def test_auto_serves_the_reference_it_measured_when_no_export_passes(sharp_st_model, monkeypatch, tmp_path):
+    """Every export refused: torch float32 serves, from the very module the exports were measured against."""
+    pytest.importorskip("openvino")
+    pytest.importorskip("onnxruntime")
+    from lancedb_baai.engines import choice
+
+    monkeypatch.delenv(choice.BACKEND_ENV, raising=False)
+    monkeypatch.setenv("LANCEDB_BAAI_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(choice.fidelity, "passes", lambda *args: False)
+    choice.forget()
+    try:
+        fn = BAAIEmbeddings(name=str(sharp_st_model))
+        before = lancedb_baai.load_count()
+        vectors = np.array(fn.generate_embeddings(TEXTS))
+        choice_made = fn.backend_choice()
+    finally:
+        choice.forget()
+    assert (choice_made.backend, choice_made.dtype) == ("torch", "float32")
+    assert "fails the gate" in choice_made.reason
+    assert lancedb_baai.load_count() - before == 1  # the reference was adopted, not loaded again
+    torch = np.array(BAAIEmbeddings(name=str(sharp_st_model), backend="torch", dtype="float32")
+                     .generate_embeddings(TEXTS))
+    assert np.abs(vectors - torch).max() <= 1e-6

@@ -282,6 +282,9 @@ def _auto(wanted: Wanted, measure: bool) -> Choice:
                 tried.skipped.append(f"torch bfloat16: {cpu_bf16_report().reason()}")
                 continue
             dtype = dtype or _dtype_for(runtimes.get("torch"), wanted, tried.device)
+            if dtype != "float32" and dtype in tried.refused:  # torch's own choice (bf16 here) was shown unfaithful
+                tried.skipped.append(f"torch {dtype}: {dtype} fails the gate for this model here")
+                dtype = "float32"
             why = tried.why() or "the only backend for this model and device"
             return tried.serve("torch", dtype, f"auto: torch {dtype} ({why})")
         if tried.passes(backend, dtype):

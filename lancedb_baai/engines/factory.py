@@ -157,11 +157,11 @@ class _Announcement:
 
     def __init__(self, key: EngineKey, reference: Reference) -> None:
         self.key, self.reference = key, reference
-        self.bar: Any = None
+        self.line: Any = None
 
     def start(self, what: str) -> None:
         size = fingerprint.weights_bytes(self.reference.path) / 2**20
-        self.bar = progress.Announcement(
+        self.line = progress.Announcement(
             f"lancedb_baai: preparing {self.key.model} for {what} on this machine, once "
             f"({size:.1f} MiB of weights: export, then the fidelity gate; `lancedb-baai export` does it ahead of time)")
 
@@ -169,5 +169,5 @@ class _Announcement:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self.bar is not None:
-            self.bar.close()
+        if self.line is not None:
+            self.line.close()
