@@ -16,6 +16,19 @@ def embed_and_count(name: str) -> tuple[int, int, list[float]]:
     return os.getpid(), lancedb_baai.load_count(), [float(x) for x in vector]
 
 
+def frozen_after_collecting(name: str) -> tuple[int, int]:
+    """In a forked worker: (objects the collector leaves alone, pid) after a full collection and 100 calls."""
+    import gc
+
+    import lancedb_baai
+
+    fn = lancedb_baai.BAAIEmbeddings(name=name, dtype="float32")
+    for i in range(100):
+        fn.generate_embeddings([f"text {i}"])
+    gc.collect()
+    return gc.get_freeze_count(), os.getpid()
+
+
 def load_in_process(name: str, start_at: float, queue) -> None:
     """Wait for a common start time, then load and embed; put (loads, error or None) on ``queue``."""
     time.sleep(max(0.0, start_at - time.time()))

@@ -61,6 +61,22 @@ def test_preload_then_fork_children_load_nothing_and_do_not_hang(st_model):
         np.testing.assert_allclose(vector, parent, atol=1e-6)
 
 
+def test_a_fork_after_preload_keeps_the_inherited_objects_out_of_the_childrens_collections(st_model):
+    """Preload + fork freezes the collector for the fork: the children's collections leave the inherited heap
+    (and its pages) alone through a collection and 100 calls; the parent is unfrozen; no engine, no freeze."""
+    import gc
+
+    ctx = mp.get_context("fork")
+    with ctx.Pool(1) as pool:
+        unloaded, _ = pool.apply_async(workers.frozen_after_collecting, (str(st_model),)).get(timeout=120)
+    assert unloaded == 0  # nothing was preloaded: the package left the collector alone
+    lancedb_baai.preload(str(st_model), dtype="float32")
+    with ctx.Pool(2) as pool:
+        results = pool.map_async(workers.frozen_after_collecting, [str(st_model)] * 2).get(timeout=120)
+    assert all(frozen > 1000 for frozen, _ in results), results
+    assert gc.get_freeze_count() == 0  # the parent collects as before
+
+
 @pytest.mark.slow
 def test_eight_processes_first_load_read_only_dir(st_model, tmp_path):
     model = tmp_path / "ro" / "bge-small-en-v1.5"

@@ -204,6 +204,11 @@ class EngineCache:
             "pid": os.getpid(),
         }
 
+    def holds_engines(self) -> bool:
+        """Whether any engine is loaded in this process (what a fork would hand its children)."""
+        with self._lock:
+            return any(slot.loaded is not None for slot in self._slots.values())
+
     def _after_fork_in_child(self) -> None:
         """Fresh locks and counters in a forked child; CUDA engines are never used there.
 
@@ -257,5 +262,38 @@ def free_memory() -> None:
 CACHE = EngineCache()
 """The engine cache of this process."""
 
+_frozen_for_fork = False
+
+
+def _freeze_before_fork() -> None:
+    """A process that holds engines (preload before a fork) freezes the garbage collector for the fork.
+
+    This is documented behaviour of the package, and it touches the collector only then.
+    The children inherit the parent's objects in a permanent generation that their
+    collections never walk, so a collection does not write to (and so copy) every page the
+    model's Python objects live on; the weights stay shared copy-on-write, as the CPython
+    docs advise for pre-fork servers. The parent unfreezes right after the fork. The cost: a
+    reference cycle that was already garbage in the parent is never collected in a child.
+    """
+    global _frozen_for_fork
+    _frozen_for_fork = CACHE.holds_engines()
+    if _frozen_for_fork:
+        gc.freeze()
+
+
+def _unfreeze_after_fork() -> None:
+    global _frozen_for_fork
+    if _frozen_for_fork:
+        gc.unfreeze()
+        _frozen_for_fork = False
+
+
+def _after_fork_in_child() -> None:
+    global _frozen_for_fork
+    _frozen_for_fork = False  # the child keeps its inherited objects frozen
+    CACHE._after_fork_in_child()
+
+
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=lambda: CACHE._after_fork_in_child())
+    os.register_at_fork(before=_freeze_before_fork, after_in_parent=_unfreeze_after_fork,
+                        after_in_child=_after_fork_in_child)
