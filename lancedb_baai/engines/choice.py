@@ -27,7 +27,7 @@ from ..runtimes.device import cpu_bf16_report, native_bf16_flags, resolve_device
 from ..runtimes.openvino import native_bf16 as openvino_bf16
 from . import kinds
 from .cache import CACHE, EngineKey, Loaded
-from .factory import Reference, files_of, open_engine, recorded_figures, reference_for
+from .factory import Reference, open_engine, recorded_figures, reference_for
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +72,10 @@ class Wanted:
     max_length: int | None = None
     trust_remote_code: bool = False
     min_fidelity: float | None = None
+
+    def key(self, backend: str, device: str, dtype: str) -> EngineKey:
+        """The cache key of this configuration when ``backend`` runs it on ``device`` in ``dtype``."""
+        return EngineKey(self.kind, self.model, self.revision, device, dtype, self.max_length, backend)
 
 
 _chosen: dict[Wanted, Choice] = {}
@@ -219,9 +223,7 @@ class _Candidates:
         """Precisions a runtime was gated in and fell short (the model is not faithful in them here)."""
 
     def key(self, backend: str, dtype: str) -> EngineKey:
-        w = self.wanted
-        return EngineKey(w.kind, hub.model_id(w.model), w.revision, "cpu" if backend != "torch" else self.device,
-                         dtype, w.max_length, backend)
+        return self.wanted.key(backend, self.device if backend == "torch" else "cpu", dtype)
 
     def passes(self, backend: str, dtype: str) -> bool:
         """Whether ``backend`` in ``dtype`` is installed and passes the gate here (measured now if needed)."""
@@ -251,7 +253,7 @@ class _Candidates:
         loaded = self.opened.get(key)
         if loaded is None and self.reference is not None and backend == "torch" and key.device == "cpu" \
                 and dtype == "float32":  # no export passed: the reference measured against serves
-            loaded = Loaded(self.reference.engine(), files_of(key, self.reference.path), None, reason)
+            loaded = Loaded(self.reference.engine(), self.reference.files, None, reason)
         if loaded is not None:
             CACHE.adopt(key, replace(loaded, reason=reason))
         return Choice(backend, key.device, dtype, reason)

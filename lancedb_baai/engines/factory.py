@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -37,6 +38,8 @@ class Reference:
     def __init__(self, key: EngineKey, path: Path, trust_remote_code: bool, show_progress: bool = False) -> None:
         self.key = replace(key, backend="torch", device="cpu", dtype="float32")
         self.path, self._trust, self._show = path, trust_remote_code, show_progress
+        self.files = files_of(self.key, path)
+        """The fingerprint of the model's files (what every engine loaded from them records)."""
         self._model: runtimes.TorchModel | None = None
         self._engine: Engine | None = None
         self._lock = threading.Lock()
@@ -55,16 +58,16 @@ class Reference:
             self._engine = kinds.get(self.key.kind).engine(self.key, session, graph)
         return self._engine
 
-    def request(self, key: EngineKey | None = None, announce: Any = None) -> runtimes.Request:
+    def request(self, key: EngineKey | None = None,
+                announce: Callable[[str], None] = lambda what: None) -> runtimes.Request:
         """What a runtime needs to prepare and open the model of ``key`` (default: the reference itself)."""
         key = key or self.key
         kind = kinds.get(key.kind)
-        extra = {"announce": announce} if announce is not None else {}
         return runtimes.Request(
-            kind=key.kind, model=key.model, path=self.path, weights=files_of(key, self.path)["weights"],
+            kind=key.kind, model=key.model, path=self.path, weights=self.files["weights"],
             device=key.device, dtype=key.dtype, build=self.build,
             calibration=lambda model: kind.engine.calibration_feeds(model.graph, fidelity.calibration_texts()),
-            lock=hub.model_lock(key.model, key.revision), **extra)
+            lock=hub.model_lock(key.model, key.revision), announce=announce)
 
 
 def files_of(key: EngineKey, path: Path) -> dict[str, Any]:
@@ -106,7 +109,7 @@ def open_engine(key: EngineKey, reference: Reference, reason: str) -> Loaded:
         session, graph = runtime.open(request, prepared)
         engine = kinds.get(key.kind).engine(key, session, graph)
         figures = None if prepared is None else gate(key, engine, prepared, reference)
-    return Loaded(engine, files_of(key, reference.path), figures, reason, prepared)
+    return Loaded(engine, reference.files, figures, reason, prepared)
 
 
 def gate(key: EngineKey, engine: Engine, export: Path, reference: Reference) -> dict[str, Any]:
@@ -125,11 +128,8 @@ def gate(key: EngineKey, engine: Engine, export: Path, reference: Reference) -> 
 
 def recorded_figures(key: EngineKey, path: Path) -> dict[str, Any] | None:
     """The gate's figures this host recorded for ``key``'s export, read without opening it (None: none yet)."""
-    runtime = runtimes.get(key.backend)
-    export = getattr(runtime, "export_dir", None)
-    if export is None:
-        return None
-    return fidelity.recorded(export(key.kind, key.model, files_of(key, path)["weights"], key.dtype), key.dtype)
+    export = runtimes.get(key.backend).export_dir(key.kind, key.model, files_of(key, path)["weights"], key.dtype)
+    return None if export is None else fidelity.recorded(export, key.dtype)
 
 
 def check_trust(key: EngineKey, trust_remote_code: bool) -> None:

@@ -27,7 +27,7 @@ class History:
 
     def swapped(self, new: str, depth: int) -> History:
         """``new`` serves from now on; the last ``depth`` models before it are remembered."""
-        kept = (*self.previous, self.served)[len(self.previous) + 1 - depth:] if depth > 0 else ()
+        kept = (*self.previous, self.served)[-depth:] if depth > 0 else ()
         return History(new, self.version + 1, kept)
 
     def rolled_back(self, what: str = "") -> History:

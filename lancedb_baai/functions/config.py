@@ -125,11 +125,12 @@ class EngineConfig(EngineOptions):
 
     def engine_key(self) -> EngineKey:
         """The cache key of this configuration's engine (resolves "auto" backend, device and dtype)."""
-        return self._key(self.backend_choice())
+        wanted = self.wanted()
+        choice = choose(wanted)
+        return wanted.key(choice.backend, choice.device, choice.dtype)
 
     def _key(self, choice: Choice) -> EngineKey:
-        return EngineKey(self._engine_kind(), _hub.model_id(self.name), self.revision, choice.device,
-                         choice.dtype, self.max_length, choice.backend)
+        return self.wanted().key(choice.backend, choice.device, choice.dtype)
 
     def wanted(self) -> Wanted:
         """What this configuration asks of the backend choice."""
@@ -226,8 +227,6 @@ class EngineConfig(EngineOptions):
 
     def _figures(self, key: EngineKey) -> dict[str, Any] | None:
         """The gate's figures for ``key``: the loaded engine's, else those recorded on this host (no load)."""
-        if key.backend == "torch":
-            return None
         loaded = CACHE.peek(key)
         if loaded is not None:
             return loaded.fidelity

@@ -132,6 +132,10 @@ class Runtime(ABC):
     def precisions(self) -> tuple[str, ...]:
         """The dtypes it runs natively on this host ("float32", "bfloat16", "float16", "int8")."""
 
+    def export_dir(self, kind: str, model: str, weights: str | None, dtype: str) -> Path | None:
+        """Where this machine keeps the runtime's export of ``model`` (these weights); None: it runs the files."""
+        return None
+
     def prepare(self, request: Request) -> Path | None:
         """Make what the runtime runs from (an export, once per machine); None: the model's own files."""
         return None
