@@ -267,12 +267,23 @@ def _format_report(report: dict[str, Any]) -> str:
 def info(as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of text."),
          table: Optional[tuple[str, str]] = typer.Option(
              None, "--table", metavar="URI NAME",
-             help="Show which model made each vector column of this table, and whether it drifted.")) -> None:
+             help="Show which model made each vector column of this table, and whether it drifted."),
+         model: Optional[str] = typer.Option(
+             None, "--model", help="Load this model here and show what runs it and where its weights live: "
+                                   "mapped from files (one copy per host) or private to each process."),
+         backend: str = _BACKEND) -> None:
     """Versions, the device and dtype "auto" picks on this host and why, and the known bge models.
 
-    Example: `lancedb-baai info --json | jq .dtype`; `lancedb-baai info --table ./db docs`
+    Example: `lancedb-baai info --json | jq .dtype`; `lancedb-baai info --table ./db docs`;
+    `lancedb-baai info --model BAAI/bge-small-en-v1.5`
     """
     with _errors():
+        if model:
+            kind = _catalog.model_kind(model, None) or "embed"
+            kinds.get(kind).function()(name=model, backend=backend, show_progress=False).loaded()
+            records = lancedb_baai.cache_info()
+            typer.echo(json.dumps(records, indent=2) if as_json else _format_memory(records))
+            return
         if table and all(table):
             import lancedb
 
@@ -281,6 +292,18 @@ def info(as_json: bool = typer.Option(False, "--json", help="Print one JSON obje
             return
         report = host_report()
         typer.echo(json.dumps(report, indent=2) if as_json else _format_report(report))
+
+
+def _format_memory(records: list[dict[str, Any]]) -> str:
+    lines = [str(records), ""]
+    for record in records:
+        shared = "shared by every process on this host" if record.get("shared_weights") else "one copy per process"
+        lines.append(f"{record['model']} on {record['backend']} {record['dtype']}: "
+                     f"{record.get('weights_mapped_bytes', 0) / 2**20:.1f} MiB mapped from files, "
+                     f"{record.get('weights_private_bytes', 0) / 2**20:.1f} MiB private ({shared}: "
+                     f"{record.get('shared_weights_reason')})")
+        lines.append(f"  why this backend: {record['backend_reason']}")
+    return "\n".join(lines)
 
 
 # -------------------------------------------------------------------------------------- export

@@ -40,8 +40,12 @@ def test_cache_info_prints_as_an_aligned_table(two_engines, st_model, cross_enco
     assert lines[0].endswith("2 engines") and f"process {two_engines[0]['pid']}" in lines[0]
     header, rule, *rows = lines[1:]
     assert header.split() == ["model", "kind", "backend", "device", "dtype", "max_length", "loads", "calls", "version",
-                              "loaded", "fidelity"]
+                              "loaded", "fidelity", "weights_mapped", "weights_private"]
     assert set(rule) == {"-", " "}
+    for row, record in zip(rows, two_engines):  # torch float32 reads safetensors weights through a map
+        assert record["shared_weights"] is True and record["weights_mapped_bytes"] > 0
+        assert row.split()[-4:] == [f"{record['weights_mapped_bytes'] / 2**20:.1f}", "MiB",
+                                    f"{record['weights_private_bytes'] / 2**20:.1f}", "MiB"]
     assert rows[0].startswith(str(st_model)) and rows[1].startswith(str(cross_encoder))
     # every column starts at the same offset on every line
     for column in ("kind", "backend", "device", "dtype"):

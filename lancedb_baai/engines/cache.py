@@ -57,8 +57,10 @@ class Loaded:
         return self.engine.key
 
     def describe(self) -> dict[str, Any]:
-        """What ``cache_info()`` shows of it beyond the key."""
-        return {"backend_reason": self.reason, "fidelity": self.fidelity}
+        """What ``cache_info()`` shows of it beyond the key: why it runs here, its fidelity, where its weights live."""
+        session = self.engine.session
+        return {"backend_reason": self.reason, "fidelity": self.fidelity, "weights_bytes": session.weight_bytes(),
+                **session.weight_memory().record()}
 
 
 @dataclass
@@ -202,6 +204,7 @@ class EngineCache:
             "version": slot.history.version if slot.history else 0, "loaded": loaded is not None,
             "rollback_depth": len(slot.history.previous) if slot.history else 0,
             "pid": os.getpid(),
+            **{k: v for k, v in described.items() if k.startswith(("weights_", "shared_weights"))},
         }
 
     def holds_engines(self) -> bool:

@@ -16,7 +16,9 @@ when no export passes, the reference itself serves on torch).
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
+import sys
 import threading
 from dataclasses import dataclass, replace
 from typing import Any
@@ -34,6 +36,7 @@ logger = logging.getLogger(__name__)
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "int8")
 DTYPE_OF = {"fp32": "float32", "bf16": "bfloat16", "int8": "int8"}
 BACKEND_ENV = "LANCEDB_BAAI_BACKEND"
+WORKERS_ENV = "LANCEDB_BAAI_WORKERS"
 
 
 def check_backend(backend: str) -> str:
@@ -272,10 +275,45 @@ def _precision_by_gate(wanted: Wanted, backend: str, source: str, measure: bool)
     return tried.serve(backend, "float32", f"{source}: {backend} float32 ({tried.why()})")
 
 
+def one_of_several() -> str | None:
+    """Why this process is one of several worker processes on its host, else None.
+
+    ``$LANCEDB_BAAI_WORKERS`` says so (``lancedb-baai serve --workers N`` sets it; set it
+    for workers started by hand); a process started by ``multiprocessing`` (a pool,
+    ``ProcessPoolExecutor``) or a Ray actor is taken to be one of several.
+    """
+    configured = os.environ.get(WORKERS_ENV, "").strip()
+    if configured:
+        if not configured.isdigit() or int(configured) < 1:
+            raise ValueError(f"{WORKERS_ENV}={configured!r} must be the number of worker processes (1 or more)")
+        return f"{WORKERS_ENV}={configured}" if int(configured) > 1 else None
+    if multiprocessing.parent_process() is not None:
+        return "a process started by multiprocessing"
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized() and ray.get_runtime_context().get_actor_id() is not None:
+        return "a Ray actor"
+    return None
+
+
+def _sharing_first(order: list[tuple[str, str | None]], device: str) -> list[tuple[str, str | None]]:
+    """The candidates that share one copy of the weights between processes first, each group in speed order.
+
+    torch bf16 is left out: "auto" takes it only after OpenVINO's bf16 export passed the gate
+    (torch bf16 itself is not gated), and here it would come before that measurement.
+    """
+    order = [candidate for candidate in order if candidate != ("torch", "bfloat16")]
+    return sorted(order, key=lambda candidate: not runtimes.get(candidate[0]).shares_weights(device))
+
+
 def _auto(wanted: Wanted, measure: bool) -> Choice:
     tried = _Candidates(wanted, measure)
-    for backend, dtype in candidates(wanted.kind, tried.device, wanted.precision, wanted.dtype,
-                                     wanted.trust_remote_code):
+    order = candidates(wanted.kind, tried.device, wanted.precision, wanted.dtype, wanted.trust_remote_code)
+    several = one_of_several()
+    if several:
+        order = _sharing_first(order, tried.device)
+        tried.skipped.append(f"one of several worker processes ({several}): backends that share one copy of "
+                             "the weights between processes first")
+    for backend, dtype in order:
         if backend == "torch":
             if dtype in tried.refused:  # measured on another runtime: this precision is not faithful here
                 tried.skipped.append(f"torch {dtype}: {dtype} fails the gate for this model here")

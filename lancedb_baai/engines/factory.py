@@ -160,6 +160,8 @@ class _Announcement:
         self.line: Any = None
 
     def start(self, what: str) -> None:
+        if self.line is not None:
+            return  # one line for all the preparations of one load
         size = fingerprint.weights_bytes(self.reference.path) / 2**20
         self.line = progress.Announcement(
             f"lancedb_baai: preparing {self.key.model} for {what} on this machine, once "

@@ -14,7 +14,7 @@ from typing import Any
 
 # The columns a person reads first; the full record stays in each dict.
 CACHE_COLUMNS: tuple[str, ...] = ("model", "kind", "backend", "device", "dtype", "max_length", "loads", "calls",
-                                  "version", "loaded", "fidelity")
+                                  "version", "loaded", "fidelity", "weights_mapped", "weights_private")
 
 
 def _cell(value: Any, spec: str = "") -> str:
@@ -86,17 +86,26 @@ class CacheInfo(list):
             return f"engine cache of process {pid}: no engines loaded"
         return f"engine cache of process {pid}: {count} engine{'s' if count != 1 else ''}"
 
+    def _rows(self) -> list[dict[str, Any]]:
+        """The records with their weight bytes in MiB, as a person reads them."""
+        return [{**r, "weights_mapped": _mib(r.get("weights_mapped_bytes")),
+                 "weights_private": _mib(r.get("weights_private_bytes"))} for r in self]
+
     def __str__(self) -> str:
         if not self:
             return self._title()
-        return f"{self._title()}\n{text_table(self, self._columns())}"
+        return f"{self._title()}\n{text_table(self._rows(), self._columns())}"
 
     __repr__ = __str__
 
     def _repr_html_(self) -> str:
         if not self:
             return f"<p>{html.escape(self._title())}</p>"
-        return html_table(self, self._columns(), caption=self._title())
+        return html_table(self._rows(), self._columns(), caption=self._title())
+
+
+def _mib(count: int | None) -> str | None:
+    return None if count is None else f"{count / 2**20:.1f} MiB"
 
 
 MODEL_COLUMNS: tuple[str, ...] = ("vector_column", "source_column", "model", "weights", "revision", "dims", "dtype",

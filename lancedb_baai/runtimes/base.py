@@ -22,6 +22,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from .device import THREADS_ENV
+from .memory import UNKNOWN, WeightMemory
 
 Feeds = Mapping[str, np.ndarray]
 """Padded int64 arrays by input name (``input_ids``, ``attention_mask``, ``token_type_ids``)."""
@@ -109,6 +110,10 @@ class Session(ABC):
         """Bytes of the weights this session runs on (0 when the runtime cannot tell)."""
         return 0
 
+    def weight_memory(self) -> WeightMemory:
+        """Where the weights live in this process: mapped from files (shared by the host) or private."""
+        return UNKNOWN
+
 
 class Runtime(ABC):
     """A way to run a model: torch, ONNX Runtime, OpenVINO, or one registered by a user."""
@@ -131,6 +136,10 @@ class Runtime(ABC):
     @abstractmethod
     def precisions(self) -> tuple[str, ...]:
         """The dtypes it runs natively on this host ("float32", "bfloat16", "float16", "int8")."""
+
+    def shares_weights(self, device: str) -> bool:
+        """Whether processes on one host running a model on ``device`` share one copy of its weights."""
+        return False
 
     def export_dir(self, kind: str, model: str, weights: str | None, dtype: str) -> Path | None:
         """Where this machine keeps the runtime's export of ``model`` (these weights); None: it runs the files."""

@@ -152,6 +152,17 @@ def _onednn_bf16() -> bool:
     return bool(check()) if check is not None else True
 
 
+_ISA_PREFIXES = ("sse4", "avx", "amx", "fma", "f16c", "vnni")
+
+
+def isa_tag() -> str:
+    """A short name for this CPU's vector instruction sets: what a layout packed for its kernels depends on."""
+    import hashlib
+
+    flags = sorted(f for f in _cpu_flags() if f.startswith(_ISA_PREFIXES))
+    return hashlib.sha256(" ".join(flags).encode()).hexdigest()[:8] if flags else "generic"
+
+
 def native_bf16_flags() -> tuple[str, ...]:
     """The native bf16 instruction sets this CPU reports (empty: none)."""
     return tuple(f for f in _BF16_FLAGS if f in _cpu_flags())

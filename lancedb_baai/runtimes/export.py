@@ -19,6 +19,7 @@ import numpy as np
 
 from ..models import exports
 from .base import Feeds, Graph, Request, Runtime, Session, TorchModel, default_threads
+from .memory import WeightMemory, growth, resident_in
 from .torch_modules import quiet_transformers
 
 
@@ -61,6 +62,10 @@ class ExportRuntime(Runtime):
     def compile(self, directory: Path, dtype: str, threads: int) -> Any:
         """The export in ``directory`` compiled for this CPU: a callable from feeds to the outputs."""
 
+    @abstractmethod
+    def unshared(self, directory: Path, dtype: str) -> str | None:
+        """None when processes running the export in ``directory`` share one copy of its weights, else why not."""
+
     def open(self, request: Request, prepared: Path | None) -> tuple[Session, Graph]:
         if prepared is None:
             raise ValueError(f"backend {self.name!r} runs an export: prepare the model first")
@@ -81,6 +86,7 @@ class ExportSession(Session):
         self.runtime, self.directory, self.dtype = runtime, directory, dtype
         self._lock = threading.Lock()
         self._compiled: Any = None
+        self._private = 0
         self._compiled_now()  # a broken export fails at load, not at the first call
 
     def _compiled_now(self) -> Any:
@@ -88,7 +94,8 @@ class ExportSession(Session):
         if compiled is None:
             with self._lock:
                 if self._compiled is None:
-                    self._compiled = self.runtime.compile(self.directory, self.dtype, default_threads())
+                    self._compiled, self._private = growth(
+                        lambda: self.runtime.compile(self.directory, self.dtype, default_threads()))
                 compiled = self._compiled
         return compiled
 
@@ -98,6 +105,12 @@ class ExportSession(Session):
     def weight_bytes(self) -> int:
         """The export's graph files (the weights are most of them)."""
         return sum(f.stat().st_size for f in self.directory.iterdir() if f.suffix in (".onnx", ".bin"))
+
+    def weight_memory(self) -> WeightMemory:
+        """Export files mapped in this process, and the memory the runtime allocated when it compiled them."""
+        why = self.runtime.unshared(self.directory, self.dtype)
+        where = why or f"the runtime reads the weights mapped from {self.directory}"
+        return WeightMemory(resident_in(self.directory), self._private, why is None, where)
 
     def after_fork(self) -> None:
         """The runtime's thread pool did not survive the fork: compile again in the child, on first use.

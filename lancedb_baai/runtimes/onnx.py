@@ -6,7 +6,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .base import Feeds, TorchModel, register
+from ..models import exports
+from .base import Feeds, Request, TorchModel, register
+from .device import isa_tag
 from .export import ExportRuntime
 
 _OPSET = 17
@@ -41,15 +43,69 @@ class OnnxRuntime(ExportRuntime):
             self.quantizer(fp32, target, calibration)
             fp32.unlink()
 
-    def compile(self, directory: Path, dtype: str, threads: int) -> Any:
-        import onnxruntime as ort
+    def shares_weights(self, device: str) -> bool:
+        return True  # the pre-packed copy is mapped
 
-        options = ort.SessionOptions()
+    def prepare(self, request: Request) -> Path:
+        """The export, and beside it the copy whose weights are pre-packed for this CPU (both once per machine)."""
+        directory = super().prepare(request)
+        exports.ensure(packed_dir(directory), request.lock, lambda staging: prepack(directory, staging),
+                       lambda: request.announce(f"onnx {request.dtype} (weights pre-packed for this CPU)"),
+                       f"{request.kind} model {request.model}: onnx weights pre-packed")
+        return directory
+
+    def compile(self, directory: Path, dtype: str, threads: int) -> Any:
+        packed = packed_dir(directory)
+        source = packed if exports.manifest(packed) is not None else directory
+        options = _options()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
-        options.log_severity_level = 3
-        session = ort.InferenceSession(str(directory / "model.onnx"), options, providers=["CPUExecutionProvider"])
+        session = _ort().InferenceSession(str(source / "model.onnx"), options, providers=["CPUExecutionProvider"])
         return lambda feeds: tuple(session.run(None, dict(feeds)))
+
+    def unshared(self, directory: Path, dtype: str) -> str | None:
+        if (packed_dir(directory) / exports.MANIFEST).is_file():
+            return None
+        return ("ONNX Runtime pre-packs the weights into each process's memory: the copy pre-packed for this CPU "
+                f"is missing from {directory} (run `lancedb-baai export` once to write it)")
+
+
+def packed_dir(directory: Path) -> Path:
+    """Where the export in ``directory`` is kept with its weights pre-packed for this CPU's kernels."""
+    return directory / f"packed-{isa_tag()}"
+
+
+def prepack(directory: Path, staging: Path) -> dict[str, Any]:
+    """Save the export as ONNX Runtime runs it here: optimised, its weights pre-packed, all in one data file.
+
+    ONNX Runtime reads a model's external data through a memory map, and a model saved
+    with its pre-packed weights uses them from that map as they are, so every process on
+    the host shares the pages. Without this each process pre-packs a private copy of every
+    MatMul weight when it opens the model. The layout depends on the CPU's instruction sets
+    (the directory's name carries them).
+    """
+    ort = _ort()
+    options = _options()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED  # no CPU-specific layouts
+    options.optimized_model_filepath = str(staging / "model.onnx")
+    for key, value in (("session.optimized_model_external_initializers_file_name", "weights.data"),
+                       ("session.optimized_model_external_initializers_min_size_in_bytes", "1024"),
+                       ("session.save_external_prepacked_constant_initializers", "1")):
+        options.add_session_config_entry(key, value)
+    ort.InferenceSession(str(directory / "model.onnx"), options, providers=["CPUExecutionProvider"])
+    return {"packed_for": isa_tag()}
+
+
+def _options() -> Any:
+    options = _ort().SessionOptions()
+    options.log_severity_level = 3
+    return options
+
+
+def _ort() -> Any:
+    import onnxruntime
+
+    return onnxruntime
 
 
 def quantize(source: Path, target: Path, feeds: list[Feeds]) -> None:

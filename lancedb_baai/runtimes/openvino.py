@@ -58,6 +58,11 @@ class OpenVINORuntime(ExportRuntime):
 
         return run
 
+    def unshared(self, directory: Path, dtype: str) -> str | None:
+        return ("OpenVINO's CPU plugin repacks the weights into each process's own memory when it compiles the "
+                "model (its model cache is repacked again on import): N worker processes hold N copies. "
+                "backend='onnx' or 'torch' share one copy between processes")
+
 
 def quantize(model: Any, feeds: list[Feeds]) -> Any:
     """NNCF's static int8 for transformers (attention kept in float), on the packaged calibration texts."""

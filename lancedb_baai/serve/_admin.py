@@ -214,7 +214,8 @@ class Admin:
     def memory(self) -> dict[str, Any]:
         """Each engine this process holds with its weight bytes, the budget, and the process RSS."""
         engines = [{"model": key.model, "kind": key.kind, "device": key.device, "dtype": key.dtype,
-                    "max_length": key.max_length, "weight_bytes": engine_bytes(engine)}
+                    "max_length": key.max_length, "weight_bytes": engine_bytes(engine),
+                    **engine.session.weight_memory().record()}
                    for key, engine in _cache.CACHE.engines()]
         return {"rss_bytes": rss(), "budget_bytes": self.config.memory_budget,
                 "weight_bytes": sum(e["weight_bytes"] for e in engines), "engines": engines}

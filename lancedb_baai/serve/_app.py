@@ -26,7 +26,7 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..functions.inputs import check_query, check_texts
-from ..engines import kinds
+from ..engines import cache as _cache, kinds
 from ..models import catalog as _catalog, hub as _hub
 from .._version import __version__
 from ._admin import Admin, load_error_kind
@@ -330,6 +330,7 @@ def _add_state_routes(app: FastAPI, service: Service, config: ServeConfig) -> No
 
     @app.get("/metrics")
     async def metrics() -> Response:
+        service.metrics.observe_weights(_cache.CACHE.info())
         body, content_type = service.metrics.render()
         return Response(body, media_type=content_type)
 

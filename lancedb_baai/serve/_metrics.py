@@ -43,8 +43,18 @@ class Metrics:
         self.loads = Counter("lancedb_baai_model_loads", "Model loads", ["model"], registry=r)
         self.admin = Counter("lancedb_baai_admin_actions", "Admin actions by action and result",
                              ["action", "result"], registry=r)
+        self.weights = Gauge("lancedb_baai_weight_bytes", "Bytes of each engine's weights in a worker, mapped from "
+                             "files (shared by every process on the host) or private to it",
+                             ["model", "backend", "memory"], multiprocess_mode="liveall", registry=r)
         self.version = Gauge("lancedb_baai_model_version", "Version of the model serving each id",
                              ["model"], multiprocess_mode="max", registry=r)
+
+    def observe_weights(self, records: list[dict[str, Any]]) -> None:
+        """Each engine's weight bytes in this worker: mapped from files (one copy per host) and private."""
+        for record in records:
+            for memory in ("mapped", "private"):
+                self.weights.labels(record["model"], record["backend"], memory).set(
+                    record.get(f"weights_{memory}_bytes") or 0)
 
     def observe_batch(self, model: str, requests: int, texts: int, passes: int) -> None:
         self.batch_requests.labels(model).observe(requests)

@@ -10,6 +10,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from ..engines.choice import WORKERS_ENV
 from ..runtimes.device import THREADS_ENV
 from ._metrics import MULTIPROC_ENV, worker_exited
 from ._settings import ServeConfig
@@ -62,6 +63,7 @@ def _run_gunicorn(config: ServeConfig) -> None:
     os.environ[MULTIPROC_ENV] = str(metrics_dir)  # before anything imports prometheus-client
     threads = config.threads_per_worker()
     _set_threads(1)  # no OpenMP pool in the master: a forked child could not use it
+    os.environ.setdefault(WORKERS_ENV, str(config.workers))  # "auto" picks a backend whose weights the workers share
 
     from ._app import create_app
     from ._service import Service
