@@ -38,7 +38,7 @@ from typing import Any
 
 import _common
 
-WAYS = ("spawn", "executor", "processes", "fork")
+WAYS = ("spawn", "executor", "processes", "fork", "serve")
 TEXTS = 32
 
 
@@ -48,6 +48,9 @@ def _options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backends", default=None,
                         help="comma-separated backend:dtype (default torch:float32,torch:bfloat16 where native, "
                              "onnx:float32,openvino:auto)")
+    parser.add_argument("--requests", type=int, default=None,
+                        help="single-text calls per worker on the fork and serve ways, so pages are shown to stay "
+                             "shared in use (default 1000; quick 50)")
     parser.add_argument("--models", default=None, help="comma-separated of minilm,large (default both)")
     parser.add_argument("--model-dir", type=Path, default=_common.RESULTS_DIR / "models",
                         help="where the random bge-large-shaped model is built once (default: %(default)s)")
@@ -78,6 +81,8 @@ def measure_worker(spec: dict[str, Any]) -> dict[str, Any]:
     start = time.perf_counter()
     function.compute_source_embeddings(texts)
     rate = len(texts) / (time.perf_counter() - start)
+    for i in range(spec.get("requests", 0)):  # pages must stay shared under use, not only at start
+        function.compute_source_embeddings([texts[i % len(texts)]])
     record = lancedb_baai.cache_info()[0]
     return {"pid": os.getpid(), "first_s": first, "texts_per_s": rate, "dtype": record["dtype"],
             **{k: v for k, v in record.items() if k.startswith(("weights_", "shared_weights"))}}
@@ -135,6 +140,8 @@ def _process(spec: dict[str, Any], queue: Any, release: Any) -> None:
 
 def run_way(way: str, spec: dict[str, Any], workers: int) -> dict[str, Any]:
     """Start ``workers`` workers the way ``way`` does, measure them while alive, stop them."""
+    if way == "serve":
+        return _serve_way(spec, workers)
     if way in ("spawn", "executor"):
         ctx = multiprocessing.get_context("spawn")
         queue, release = ctx.Queue(), ctx.Event()
@@ -168,6 +175,41 @@ def run_way(way: str, spec: dict[str, Any], workers: int) -> dict[str, Any]:
         p.stdin.write("\n")
         p.stdin.flush()
         p.wait(120)
+    return {"results": results, "pss": total}
+
+
+def _serve_way(spec: dict[str, Any], workers: int) -> dict[str, Any]:
+    """``lancedb-baai serve --workers N``: the gunicorn master and its workers, after requests reach them all."""
+    import tempfile
+
+    import httpx
+    import psutil
+    import serve as serve_benchmark
+
+    state = Path(tempfile.mkdtemp(prefix="memory-serve-"))
+    dtype = [] if spec["dtype"] == "auto" else ["--dtype", spec["dtype"]]
+    server = serve_benchmark.Contender(
+        "serve", serve_benchmark.serve_argv(spec["model"], state, "--backend", spec["backend"], *dtype,
+                                            "--workers", str(workers), "--threads", "1"),
+        spec["model"], state / "server.log")
+    server.start()
+    try:
+        server.wait_ready(timeout=1800)
+        model = httpx.get(server.url + "/v1/models", timeout=30).json()["data"][0]["id"]
+        texts = _common.corpus(TEXTS)
+        start = time.perf_counter()
+        for i in range(8 * workers + spec.get("requests", 0) * workers):
+            response = httpx.post(server.url + "/v1/embeddings", json={"model": model, "input": texts[i % 4::4]},
+                                  timeout=300)
+            response.raise_for_status()
+        seconds = time.perf_counter() - start
+        processes = [psutil.Process(server.proc.pid), *psutil.Process(server.proc.pid).children(recursive=True)]
+        total = sum(pss(p.pid) for p in processes)
+        calls = 8 * workers + spec.get("requests", 0) * workers
+        results = [{"pid": p.pid, "first_s": None, "texts_per_s": calls * len(texts[::4]) / seconds / workers,
+                    "dtype": spec["dtype"]} for p in processes[1:]]
+    finally:
+        server.stop()
     return {"results": results, "pss": total}
 
 
@@ -222,6 +264,15 @@ def _random_bert(directory: Path, hidden: int, layers: int, vocab: int | None = 
 # ---------------------------------------------------------------- the run
 
 
+def _median(values: Any) -> float | None:
+    present = [v for v in values if v is not None]
+    return statistics.median(present) if present else None
+
+
+def _mib(count: float | None) -> float | None:
+    return None if count is None else count / 2**20
+
+
 def _backends(spec: str | None) -> list[tuple[str, str]]:
     if spec:
         return [tuple(item.split(":", 1)) if ":" in item else (item, "auto") for item in spec.split(",")]
@@ -241,10 +292,11 @@ def main() -> int:
         _fork_master_main(spec, spec["workers"])
         return 0
     quick = args.quick
-    counts = [int(n) for n in (args.workers or ("1,2" if quick else "1,2,4")).split(",")]
+    counts = [int(n) for n in (args.workers or ("2" if quick else "1,2,4")).split(",")]
     ways = (args.ways or ("spawn,fork" if quick else ",".join(WAYS))).split(",")
     backends = _backends(args.backends or ("torch:float32,onnx:float32" if quick else None))
     tiny = _random_bert(args.model_dir / "tiny", hidden=32, layers=1)
+    requests = args.requests if args.requests is not None else (50 if quick else 1000)
     if quick:
         models = {"small": _random_bert(args.model_dir / "small", hidden=256, layers=4)}
     else:
@@ -259,7 +311,7 @@ def main() -> int:
             _prepare(tiny, backend, dtype)
             for workers in counts:
                 for way in ways:
-                    rows += _row(name, path, tiny, weights, backend, dtype, way, workers)
+                    rows += _row(name, path, tiny, weights, backend, dtype, way, workers, requests)
     _report(args, rows)
     return 0
 
@@ -276,11 +328,12 @@ def _weights_bytes(path: str) -> int:
 
 
 def _row(name: str, path: str, tiny: str, weights: int, backend: str, dtype: str, way: str,
-         workers: int) -> list[dict[str, Any]]:
+         workers: int, requests: int) -> list[dict[str, Any]]:
     rows = []
     variants = [False] + ([True] if backend in ("torch", "onnx") and way == "spawn" else [])
     for private in variants:
-        spec = {"model": path, "backend": backend, "dtype": dtype, "private": private}
+        spec = {"model": path, "backend": backend, "dtype": dtype, "private": private,
+                "requests": requests if way in ("fork", "serve") else 0}
         print(f"  {name} {backend} {dtype}{' private' if private else ''}: {way} x{workers}", flush=True)
         model = run_way(way, spec, workers)
         baseline = run_way(way, {**spec, "model": tiny}, workers)
@@ -291,11 +344,11 @@ def _row(name: str, path: str, tiny: str, weights: int, backend: str, dtype: str
             else "as served", "way": way, "workers": workers, "weights_mib": weights / 2**20,
             "pss_mib": model["pss"] / 2**20, "model_mib": attributable / 2**20,
             "model_x_weights": attributable / weights,
-            "first_vector_s": statistics.median(r["first_s"] for r in results),
+            "first_vector_s": _median(r["first_s"] for r in results),
             "texts_per_s_per_worker": statistics.median(r["texts_per_s"] for r in results),
-            "mapped_mib": statistics.median(r.get("weights_mapped_bytes", 0) for r in results) / 2**20,
-            "private_mib": statistics.median(r.get("weights_private_bytes", 0) for r in results) / 2**20,
-            "shared_weights": results[0].get("shared_weights"),
+            "mapped_mib": _mib(_median(r.get("weights_mapped_bytes") for r in results)),
+            "private_mib": _mib(_median(r.get("weights_private_bytes") for r in results)),
+            "shared_weights": results[0].get("shared_weights"), "requests_per_worker": spec["requests"],
         })
     return rows
 

@@ -1,6 +1,6 @@
 """Run with: .venv/bin/python benchmarks/run_all.py [--only NAME]... [--full] [--timeout SECONDS]
 
-Every benchmark script of this folder (embed, rerank, loads, gpu, ray_ingest: whichever are
+Every benchmark script of this folder (embed, rerank, loads, memory, gpu, ray_ingest: whichever are
 present), each in its own process at its ``--quick`` size (``--full``: the full size), its
 output echoed as it comes; then a table of pass / FAIL / skipped per script and the seconds
 each took. Exits 1 if any failed. A script that cannot run here (gpu.py without CUDA) exits
@@ -17,7 +17,7 @@ import threading
 import time
 from pathlib import Path
 
-BENCHMARKS = ("embed", "rerank", "loads", "gpu", "ray_ingest")
+BENCHMARKS = ("embed", "rerank", "loads", "memory", "gpu", "ray_ingest")
 FOLDER = Path(__file__).resolve().parent
 
 

@@ -45,7 +45,8 @@ def check_machine(machine: dict) -> None:
 
 
 def test_every_script_says_how_to_run_it():
-    for script in ("embed", "rerank", "coldstart", "loads", "gpu", "ray_ingest", "serve", "fingerprint", "reembed"):
+    for script in ("embed", "rerank", "coldstart", "loads", "gpu", "ray_ingest", "serve", "fingerprint", "reembed",
+                   "memory"):
         doc = (BENCHMARKS / f"{script}.py").read_text(encoding="utf-8").split('"""')[1]
         assert doc.startswith(f"Run with: .venv/bin/python benchmarks/{script}.py [--quick]"), script
 
@@ -206,3 +207,21 @@ def test_reembed_quick(tmp_path):
     methods = [row["method"] for row in data["results"]]
     assert methods[:3] == ["table.add", "reembed (attach)", "reembed (switch)"] and len(methods) == 5
     assert all(row["best_s"] > 0 and row["vs_add"] > 0 for row in data["results"])
+
+
+def test_memory_quick(tmp_path):
+    """Workers' memory from /proc: the served rows map their weights, the private rows hold them in the process."""
+    data, stdout = run_script("memory", tmp_path / "memory.json", "--model-dir", str(tmp_path / "models"))
+    check_machine(data["machine"])
+    rows = data["rows"]
+    assert {(r["backend"], r["way"], r["workers"], r["weights"]) for r in rows} == {
+        (b, w, n, v) for b in ("torch", "onnx") for w in ("spawn", "fork") for n in (2,)
+        for v in (("as served", "private") if w == "spawn" else ("as served",))}
+    for row in rows:
+        assert row["pss_mib"] > 0 and row["first_vector_s"] >= 0 and row["texts_per_s_per_worker"] > 0
+        if row["weights"] == "as served":
+            assert row["shared_weights"] is True and row["mapped_mib"] >= 0.9 * row["weights_mib"], row
+        else:
+            assert row["private_mib"] >= 0.9 * row["weights_mib"], row
+            assert row["mapped_mib"] < 0.5 * row["weights_mib"], row
+    assert "memory attributable to the model" in stdout

@@ -103,6 +103,18 @@ def test_info_json(run):
     assert (small["kind"], small["dims"], small["max_length"]) == ("embed", 384, 512)
 
 
+def test_info_model_says_where_its_weights_live(run, st_model):
+    result = run("info", "--model", str(st_model), "--backend", "torch", "--json")
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.stdout)[0]
+    assert record["model"] == str(st_model) and record["backend"] == "torch"
+    assert record["shared_weights"] is True and record["weights_mapped_bytes"] > 0
+    assert "model.safetensors" in record["shared_weights_reason"]
+    text = run("info", "--model", str(st_model), "--backend", "torch").stdout
+    assert f"{record['weights_mapped_bytes'] / 2**20:.1f} MiB mapped from files" in text
+    assert "shared by every process on this host" in text
+
+
 def test_info_text_names_device_dtype_and_models(run):
     result = run("info")
     assert result.exit_code == 0, result.output

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import pickle
+import re
 import subprocess
 import sys
 import threading
@@ -127,6 +128,9 @@ def test_models_health_readiness_and_metrics(server, sharp_st_model, sharp_cross
                  "lancedb_baai_queue_depth", "lancedb_baai_model_loads_total", "lancedb_baai_model_version",
                  "lancedb_baai_forward_passes_total"):
         assert name in metrics, name
+    mapped = re.search(rf'lancedb_baai_weight_bytes{{model="{re.escape(str(sharp_st_model))}",backend="torch",'
+                       r'memory="mapped"} ([0-9.e+]+)', metrics)
+    assert mapped and float(mapped.group(1)) > 0, metrics  # torch float32 reads its safetensors through a map
 
 
 # ------------------------------------------------------------------ micro-batching

@@ -10,6 +10,7 @@ as far as this module can tell).
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import os
 from collections.abc import Callable, Iterable, Iterator
@@ -56,6 +57,7 @@ def split_tensors(tensors: Iterable[Any]) -> tuple[int, int, set[str]]:
     Each storage is counted once (tied weights share one).
     """
     ranges = sorted(_maps())
+    starts = [start for start, _, _ in ranges]
     mapped = private = 0
     files: set[str] = set()
     seen: set[int] = set()
@@ -65,7 +67,8 @@ def split_tensors(tensors: Iterable[Any]) -> tuple[int, int, set[str]]:
         if pointer in seen or tensor.device.type != "cpu":
             continue
         seen.add(pointer)
-        path = next((p for start, end, p in ranges if start <= pointer < end), None)
+        index = bisect.bisect_right(starts, pointer) - 1
+        path = ranges[index][2] if index >= 0 and pointer < ranges[index][1] else None
         if path is None:
             private += storage.nbytes()
         else:
