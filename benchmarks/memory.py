@@ -3,7 +3,8 @@
 One copy of the weights per host: the memory N worker processes take for one model.
 
 For each number of workers N, each way users start them (a ``multiprocessing`` spawn
-pool, ``ProcessPoolExecutor``, N Python processes started by hand, preload + fork) and
+pool, ``ProcessPoolExecutor``, N Python processes started by hand, preload + fork,
+``lancedb-baai serve --workers N``, N Ray actors on a local cluster) and
 each backend, N workers each create ``local-baai`` on the model and embed texts; while
 they are alive their PSS (proportional set size: a page shared by k processes counts 1/k
 in each, so the sum over processes counts it once) is read from
@@ -38,7 +39,7 @@ from typing import Any
 
 import _common
 
-WAYS = ("spawn", "executor", "processes", "fork", "serve")
+WAYS = ("spawn", "executor", "processes", "fork", "serve", "ray")
 TEXTS = 32
 
 
@@ -70,7 +71,7 @@ def measure_worker(spec: dict[str, Any]) -> dict[str, Any]:
 
     if spec.get("private"):
         _hold_privately(spec["backend"])
-    texts = _common.corpus(TEXTS)
+    texts = _common.corpus(spec.get("texts", TEXTS))
     start = time.perf_counter()
     function = get_registry().get("local-baai").create(name=spec["model"], backend=spec["backend"],
                                                        **({} if spec["dtype"] == "auto" else {"dtype": spec["dtype"]}))
@@ -142,6 +143,8 @@ def run_way(way: str, spec: dict[str, Any], workers: int) -> dict[str, Any]:
     """Start ``workers`` workers the way ``way`` does, measure them while alive, stop them."""
     if way == "serve":
         return _serve_way(spec, workers)
+    if way == "ray":
+        return _ray_way(spec, workers)
     if way in ("spawn", "executor"):
         ctx = multiprocessing.get_context("spawn")
         queue, release = ctx.Queue(), ctx.Event()
@@ -211,6 +214,28 @@ def _serve_way(spec: dict[str, Any], workers: int) -> dict[str, Any]:
     finally:
         server.stop()
     return {"results": results, "pss": total}
+
+
+def _ray_way(spec: dict[str, Any], workers: int) -> dict[str, Any]:
+    """N Ray actors on a local cluster (how Ray Data's ``map_batches`` runs a model on one node)."""
+    import ray
+
+    folder = str(Path(__file__).resolve().parent)  # the actors import this script's helpers
+    ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"PYTHONPATH": folder}})
+    try:
+        actor = ray.remote(num_cpus=1)(_RayWorker)
+        actors = [actor.remote() for _ in range(workers)]
+        results = ray.get([a.measure.remote(spec) for a in actors])
+        total = sum(pss(r["pid"]) for r in results)
+    finally:
+        ray.shutdown()
+    return {"results": results, "pss": total}
+
+
+class _RayWorker:
+    def measure(self, spec: dict[str, Any]) -> dict[str, Any]:
+        return measure_worker(spec)
 
 
 def _worker_main(spec: dict[str, Any]) -> None:
@@ -333,6 +358,7 @@ def _row(name: str, path: str, tiny: str, weights: int, backend: str, dtype: str
     variants = [False] + ([True] if backend in ("torch", "onnx") and way == "spawn" else [])
     for private in variants:
         spec = {"model": path, "backend": backend, "dtype": dtype, "private": private,
+                "texts": TEXTS if weights < 2**29 else TEXTS // 4,  # a large model: fewer, it is slow
                 "requests": requests if way in ("fork", "serve") else 0}
         print(f"  {name} {backend} {dtype}{' private' if private else ''}: {way} x{workers}", flush=True)
         model = run_way(way, spec, workers)
