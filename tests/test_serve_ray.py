@@ -208,8 +208,9 @@ def test_swap_under_8_concurrent_clients_reaches_both_replicas(proxy, sharp_st_m
     def client() -> None:
         with httpx.Client(base_url=proxy, headers=data_headers(), timeout=120) as http:
             while not stop.is_set():
+                sent = time.monotonic()
                 response = http.post("/v1/embeddings", json={"model": ALIAS, "input": TEXTS})
-                answers.append((time.monotonic(), response.status_code, response.headers.get("x-model-version"),
+                answers.append((sent, response.status_code, response.headers.get("x-model-version"),
                                 response.headers.get("x-replica-id")))
 
     threads = [threading.Thread(target=client) for _ in range(8)]
@@ -228,7 +229,7 @@ def test_swap_under_8_concurrent_clients_reaches_both_replicas(proxy, sharp_st_m
     assert swap.json()["served"] == str(sharp_plain_model) and swap.json()["previous"] == str(sharp_st_model)
     assert [a for a in answers if a[1] != 200] == []  # no failed request
     assert {a[2] for a in answers} <= {old, new}  # each response from exactly one model version
-    assert {a[2] for a in answers if a[0] > swapped_at} == {new}  # the swap answered once every replica had it
+    assert {a[2] for a in answers if a[0] > swapped_at} == {new}  # sent after the swap answered: every replica had it
     assert served_everywhere(proxy, new)
     assert len({a[3] for a in answers}) == 2  # the load reached both replicas
     vectors = post(proxy, "/v1/embeddings", {"model": ALIAS, "input": TEXTS}).json()["data"]
@@ -273,3 +274,33 @@ def test_the_application_deployed_again_comes_up_on_the_last_good_model(proxy, c
     assert served_everywhere(proxy, header)
     response = post(proxy, "/v1/embeddings", {"model": ALIAS, "input": TEXTS})
     assert response.status_code == 200 and response.headers["x-model-version"] == header
+
+
+def test_a_serve_deploy_config_comes_up_on_the_last_good_model_and_rolls_back_in_place(proxy, config,
+                                                                                     sharp_st_model):
+    from ray.serve.context import _get_global_client
+    from ray.serve.schema import ServeDeploySchema
+
+    from lancedb_baai.serve import ray as serve_ray
+
+    header = replicas(proxy)[0]["served"][ALIAS]
+    serve.delete(APP)
+    spec = serve_ray.config_file(config, serve_ray.Placement(replicas=2, num_cpus=1, name=APP))
+    assert TOKEN not in str(spec) and KEY not in str(spec)  # secrets travel in the environment
+    application = {**spec["applications"][0], "runtime_env": {"env_vars": {
+        "LANCEDB_BAAI_ADMIN_TOKEN": TOKEN, "LANCEDB_BAAI_API_KEYS": KEY}}}
+    client = _get_global_client()
+    client.deploy_apps(ServeDeploySchema(applications=[application]))
+    wait_for(lambda: served_everywhere(proxy, header) if _running(APP) else False, timeout=300)
+
+    back = post(proxy, "/admin/rollback", {"model": ALIAS}, admin_headers())
+    assert back.status_code == 200, back.text
+    assert served_everywhere(proxy, f"{sharp_st_model}@{back.json()['version']}"), (back.json(), replicas(proxy))
+    deployed = ray.get(client._controller.get_app_configs.remote())[APP].model_dump(exclude_unset=True)
+    ours = [d for d in deployed["deployments"] if d["name"] == "LanceDBBAAI"]
+    assert ours[0]["user_config"]["models"][ALIAS]["served"] == str(sharp_st_model)  # still a config deploy
+
+
+def _running(name: str) -> bool:
+    status = serve.status().applications.get(name)
+    return status is not None and status.status == "RUNNING"

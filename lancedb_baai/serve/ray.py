@@ -41,7 +41,7 @@ from ray.experimental import internal_kv
 
 from .._version import __version__
 from ._service import Service, version_header
-from ._settings import ServeConfig
+from ._settings import ADMIN_TOKEN_ENV, API_KEYS_ENV, ServeConfig
 from ._state import Busy, StateStore, _write_atomically
 
 logger = logging.getLogger(__name__)
@@ -255,12 +255,16 @@ def forget(name: str = APP_NAME) -> None:
 
 
 def running_replicas(app_name: str) -> set[str]:
-    """The ids of the replicas of ``app_name``'s deployment that Ray Serve runs now."""
+    """The ids of the replicas of ``app_name``'s deployment that Ray Serve runs or starts now (not stopping ones).
+
+    A replica being reconfigured shows as UPDATING, one being started as STARTING: both are
+    waited for by a swap (a starting one reads the recorded state in its constructor).
+    """
     from ray.serve.context import _get_global_client
 
     details = _get_global_client().get_serve_details()
     deployment = details.get("applications", {}).get(app_name, {}).get("deployments", {}).get(DEPLOYMENT, {})
-    return {r["replica_id"] for r in deployment.get("replicas", []) if r.get("state") == "RUNNING"}
+    return {r["replica_id"] for r in deployment.get("replicas", []) if r.get("state") != "STOPPING"}
 
 
 def expected_headers(state: dict[str, Any]) -> dict[str, str]:
@@ -338,10 +342,37 @@ class Replica:
             raise RuntimeError("; ".join(problems))
 
     def _push(self, state: dict[str, Any]) -> None:
-        """Deploy the application again with ``state`` as its ``user_config``; wait for every other replica."""
-        serve.run(app(self.config, self.placement, state=state), name=self.placement.name,
-                  route_prefix=self.placement.route_prefix)
+        """Deploy the application again with ``state`` as its ``user_config``; wait for every other replica.
+
+        An application deployed from a config file (``serve deploy``) gets the config it runs
+        with, ``user_config`` replaced; one deployed by ``serve.run`` is run again so.
+        """
+        from ray.serve.context import _get_global_client
+
+        client = _get_global_client()
+        configs = ray.get(client._controller.get_app_configs.remote())
+        if self.placement.name in configs:
+            client.deploy_apps(with_user_config(configs, self.placement.name, state))
+        else:
+            serve.run(app(self.config, self.placement, state=state), name=self.placement.name,
+                      route_prefix=self.placement.route_prefix)
         wait_for_replicas(self.store, state, exclude={self.replica_id})
+
+
+def with_user_config(configs: dict[str, Any], name: str, state: dict[str, Any]) -> Any:
+    """The declarative config of every application, ``name``'s deployment given ``state`` as ``user_config``."""
+    from ray.serve.schema import ServeDeploySchema
+
+    applications = []
+    for app_name, schema in configs.items():
+        entry = schema.model_dump(exclude_unset=True)
+        if app_name == name:
+            deployments = entry.get("deployments", [])
+            ours = next((d for d in deployments if d["name"] == DEPLOYMENT), {"name": DEPLOYMENT})
+            entry["deployments"] = [*(d for d in deployments if d["name"] != DEPLOYMENT),
+                                    {**ours, "user_config": state}]
+        applications.append(entry)
+    return ServeDeploySchema(applications=applications)
 
 
 def wait_for_replicas(store: RayStore, state: dict[str, Any], exclude: set[str] = frozenset(),
@@ -429,15 +460,28 @@ def build(args: dict[str, Any]) -> Any:
     """The application builder for ``serve deploy``: ``import_path: lancedb_baai.serve.ray:build``.
 
     ``args`` are :class:`~lancedb_baai.serve.ServeConfig`'s fields plus :class:`Placement`'s.
+    The admin token and the API keys, unless in ``args``, come from the replicas' environment
+    (``LANCEDB_BAAI_ADMIN_TOKEN``, ``LANCEDB_BAAI_API_KEYS``: the config's ``runtime_env``
+    ``env_vars``, or the cluster's), so the config file need not hold them.
     """
     fields = set(Placement.model_fields)
     placement = Placement(**{k: v for k, v in args.items() if k in fields})
-    return app(ServeConfig(**{k: v for k, v in args.items() if k not in fields}), placement)
+    options = {k: v for k, v in args.items() if k not in fields}
+    if "admin_token" not in options and os.environ.get(ADMIN_TOKEN_ENV):
+        options["admin_token"] = os.environ[ADMIN_TOKEN_ENV]
+    if "api_keys" not in options:
+        options["api_keys"] = [k.strip() for k in os.environ.get(API_KEYS_ENV, "").split(",") if k.strip()]
+    return app(ServeConfig(**options), placement)
 
 
 def config_file(config: ServeConfig, placement: Placement) -> dict[str, Any]:
-    """A Serve config (what ``serve deploy`` takes, as a dict to write as YAML) for this application."""
-    args = {**config.model_dump(mode="json", exclude_defaults=True), **placement.model_dump(exclude_defaults=True)}
+    """A Serve config (what ``serve deploy`` takes; write it as YAML) for this application.
+
+    It holds neither the admin token nor the API keys: give them to the replicas as
+    ``runtime_env: {env_vars: {LANCEDB_BAAI_ADMIN_TOKEN: ..., LANCEDB_BAAI_API_KEYS: ...}}``.
+    """
+    args = {**config.model_dump(mode="json", exclude_defaults=True, exclude={"admin_token", "api_keys"}),
+            **placement.model_dump(mode="json", exclude_defaults=True)}
     return {"http_options": {"host": config.host, "port": config.port},
             "applications": [{"name": placement.name, "route_prefix": placement.route_prefix,
                               "import_path": "lancedb_baai.serve.ray:build", "args": args}]}
