@@ -8,6 +8,10 @@ the application deployed again from its config.
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -304,3 +308,57 @@ def test_a_serve_deploy_config_comes_up_on_the_last_good_model_and_rolls_back_in
 def _running(name: str) -> bool:
     status = serve.status().applications.get(name)
     return status is not None and status.status == "RUNNING"
+
+
+# ------------------------------------------------------------------ the command line
+
+
+def test_the_command_line_writes_a_serve_config_and_refuses_ray_options_alone(st_model, tmp_path):
+    import yaml
+
+    out = tmp_path / "serve.yaml"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "LANCEDB_BAAI_ADMIN_TOKEN": TOKEN}
+    done = subprocess.run([sys.executable, "-m", "lancedb_baai", "serve", "--ray", "--autoscale", "1:3",
+                           "--num-cpus", "0.5", "--embed", f"{ALIAS}={st_model}", "--ray-config", str(out)],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    application = yaml.safe_load(out.read_text())["applications"][0]
+    assert application["import_path"] == "lancedb_baai.serve.ray:build"
+    assert application["args"]["autoscale"] == [1, 3] and application["args"]["num_cpus"] == 0.5
+    assert application["args"]["models"][0]["alias"] == ALIAS and TOKEN not in out.read_text()
+    alone = subprocess.run([sys.executable, "-m", "lancedb_baai", "serve", "--replicas", "2", "--embed", str(st_model)],
+                           capture_output=True, text=True, env=env, timeout=300)
+    assert alone.returncode == 1 and "only go with --ray" in alone.stderr
+
+
+def test_lancedb_baai_serve_ray_on_the_cluster(cluster, st_model, tmp_path):
+    """`lancedb-baai serve --ray` joins the running cluster (RAY_ADDRESS) and serves until SIGTERM."""
+    if APP in serve.status().applications:
+        serve.delete(APP)  # its replicas hold the cluster's CPUs
+    from lancedb_baai.serve import ray as serve_ray
+
+    serve_ray.forget()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
+    log = open(tmp_path / "cli.log", "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "lancedb_baai", "serve", "--ray", "--replicas", "2",
+                             "--embed", f"{ALIAS}={st_model}", "--dtype", "float32"],
+                            stdout=log, stderr=subprocess.STDOUT, env=env)
+    try:
+        def answer():
+            assert proc.poll() is None, (tmp_path / "cli.log").read_text()[-3000:]
+            try:
+                response = httpx.post(cluster + "/v1/embeddings", json={"model": ALIAS, "input": TEXTS}, timeout=60)
+            except httpx.HTTPError:
+                return None
+            return response if response.status_code == 200 else None
+
+        response = wait_for(answer, timeout=300, interval=1)
+        assert response.headers["x-model-version"] == f"{st_model}@0"
+        got = np.array([d["embedding"] for d in response.json()["data"]], dtype=np.float32)
+        np.testing.assert_allclose(got, np.stack(local(st_model).generate_embeddings(TEXTS)), atol=1e-5)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(120) == 0
+        log.close()
+        serve_ray.forget()
+    assert serve_ray.APP_NAME not in serve.status().applications  # SIGTERM deleted the application

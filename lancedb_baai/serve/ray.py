@@ -488,21 +488,34 @@ def config_file(config: ServeConfig, placement: Placement) -> dict[str, Any]:
 
 
 def run(config: ServeConfig, placement: Placement) -> None:
-    """Deploy on the configured Ray cluster (``RAY_ADDRESS``) or a local one, and serve until interrupted."""
+    """Deploy on the configured Ray cluster (``RAY_ADDRESS``) or a local one, and serve until SIGTERM/SIGINT.
+
+    Either signal deletes the application; its record stays in the cluster (and ``state_dir``),
+    so the next deploy comes up on the last good models.
+    """
+    import signal
+
     from ._logs import configure
 
     configure(config.log_format, config.log_level)
     if not ray.is_initialized():
         ray.init(namespace="serve")
-    serve.start(http_options={"host": config.host, "port": config.port})
-    serve.run(app(config, placement), name=placement.name, route_prefix=placement.route_prefix)
-    logger.info("serving %s on Ray: %s replica(s) x %d thread(s) at http://%s:%d%s", placement.name,
-                f"{placement.autoscale[0]}-{placement.autoscale[1]}" if placement.autoscale else placement.replicas,
-                placement.thread_count(), config.host, config.port, placement.route_prefix)
+    signal.signal(signal.SIGTERM, _interrupt)  # after ray.init, which installs its own
     try:
+        serve.start(http_options={"host": config.host, "port": config.port})
+        serve.run(app(config, placement), name=placement.name, route_prefix=placement.route_prefix)
+        logger.info("serving %s on Ray: %s replica(s) x %d thread(s) at http://%s:%d%s", placement.name,
+                    f"{placement.autoscale[0]}-{placement.autoscale[1]}" if placement.autoscale
+                    else placement.replicas, placement.thread_count(), config.host, config.port,
+                    placement.route_prefix)
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
         pass
     finally:
-        serve.delete(placement.name)
+        with contextlib.suppress(Exception):
+            serve.delete(placement.name)
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt  # SIGTERM ends the server as Ctrl-C does
