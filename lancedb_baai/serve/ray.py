@@ -40,7 +40,7 @@ from ray import serve
 from ray.experimental import internal_kv
 
 from .._version import __version__
-from ._service import Service, version_header
+from ._service import ServeError, Service, version_header
 from ._settings import ADMIN_TOKEN_ENV, API_KEYS_ENV, ServeConfig
 from ._state import Busy, StateStore, _write_atomically
 
@@ -195,14 +195,16 @@ class RayStore(StateStore):
             return state
         try:
             self.push(state)
-        except Exception:
+        except Exception as exc:
+            logger.exception("generation %d did not reach every replica; going back", state["generation"])
             restored = {**before, "generation": state["generation"] + 1}
             self.record(restored)
             try:
                 self.push(restored)
             except Exception:
                 logger.exception("could not bring every replica back to generation %d", before["generation"])
-            raise
+            raise ServeError(503, f"not applied, every replica stays on what it served: {exc}",
+                             "not_applied_on_every_replica") from exc
         return state
 
     def forget(self) -> None:
@@ -295,6 +297,8 @@ class Replica:
         set_threads(self.placement.thread_count())
         context = serve.get_replica_context()
         self.replica_id = context.replica_id.unique_id
+        if context.app_name != self.placement.name:  # serve.run(app(config), name=...) names it
+            self.placement = self.placement.model_copy(update={"name": context.app_name})
         self.store = RayStore(self.placement.name, self.config.state_dir, self.replica_id)
         self.store.push = self._push
         self.service = Service(self.config, store=self.store)  # loads the recorded models
@@ -350,12 +354,13 @@ class Replica:
         from ray.serve.context import _get_global_client
 
         client = _get_global_client()
+        name = self.placement.name
         configs = ray.get(client._controller.get_app_configs.remote())
-        if self.placement.name in configs:
-            client.deploy_apps(with_user_config(configs, self.placement.name, state))
-        else:
-            serve.run(app(self.config, self.placement, state=state), name=self.placement.name,
-                      route_prefix=self.placement.route_prefix)
+        if name in configs:
+            client.deploy_apps(with_user_config(configs, name, state))
+        else:  # the route prefix it runs under, whatever serve.run was given
+            prefix = client.get_serve_details()["applications"][name].get("route_prefix")
+            serve.run(app(self.config, self.placement, state=state), name=name, route_prefix=prefix)
         wait_for_replicas(self.store, state, exclude={self.replica_id})
 
 
