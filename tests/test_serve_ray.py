@@ -8,6 +8,7 @@ the application deployed again from its config.
 
 from __future__ import annotations
 
+import copy
 import os
 import signal
 import subprocess
@@ -281,7 +282,8 @@ def test_the_application_deployed_again_comes_up_on_the_last_good_model(proxy, c
 
 
 def test_a_serve_deploy_config_comes_up_on_the_last_good_model_and_rolls_back_in_place(proxy, config,
-                                                                                     sharp_st_model):
+                                                                                     sharp_st_model,
+                                                                                     sharp_plain_model):
     from ray.serve.context import _get_global_client
     from ray.serve.schema import ServeDeploySchema
 
@@ -303,6 +305,15 @@ def test_a_serve_deploy_config_comes_up_on_the_last_good_model_and_rolls_back_in
     deployed = ray.get(client._controller.get_app_configs.remote())[APP].model_dump(exclude_unset=True)
     ours = [d for d in deployed["deployments"] if d["name"] == "LanceDBBAAI"]
     assert ours[0]["user_config"]["models"][ALIAS]["served"] == str(sharp_st_model)  # still a config deploy
+
+    edited = copy.deepcopy(ours[0]["user_config"])  # a changed config file: another model, a newer generation
+    entry = edited["models"][ALIAS]
+    entry.update(served=str(sharp_plain_model), version=entry["version"] + 1)
+    edited["generation"] += 1
+    client.deploy_apps(ServeDeploySchema(applications=[
+        {**application, "deployments": [{"name": "LanceDBBAAI", "user_config": edited}]}]))
+    wait_for(lambda: served_everywhere(proxy, f"{sharp_plain_model}@{entry['version']}"), timeout=300)
+    assert serve_ray.RayStore(APP).read()["models"][ALIAS]["served"] == str(sharp_plain_model)  # now the record
 
 
 def _running(name: str) -> bool:
