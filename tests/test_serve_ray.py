@@ -2,8 +2,9 @@
 
 One Ray cluster and one application serve the whole module (Ray's start-up is paid once). The
 tests run in file order: first what the models as started answer, then the swaps that must
-change nothing, then a swap under load, a rollback, a swap again, a killed replica, and last
-the application deployed again from its config.
+change nothing, then a swap under load, a rollback, a swap again, a killed replica, the
+application deployed again from its config (by serve.run, then by a serve-deploy config), and
+last the command line, which joins the same cluster.
 """
 
 from __future__ import annotations
