@@ -36,7 +36,7 @@ $(REF_VENV)/.installed: pyproject.toml lowest-versions.txt
 # independent of the rest; chosen so that the two lanes take about as long). Its log follows
 # the main lane's report; either lane failing fails `make test`.
 BACKGROUND_TESTS ?= tests/test_benchmarks.py tests/test_reliability.py tests/test_backends.py tests/test_quickstart.py tests/test_runtimes.py \
-	tests/test_notebook.py
+	tests/test_notebook.py tests/test_serve_ray.py
 BACKGROUND_LOG ?= tests-background.log
 
 test: $(VENV)/.installed

@@ -140,6 +140,19 @@ def package_version(dist: str) -> str | None:
         return None
 
 
+SIMD_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512", "avx_vnni", "amx")
+
+
+def cpu_flags() -> list[str]:
+    """The /proc/cpuinfo flags that decide inference speed (SIMD widths, VNNI, AMX); empty off Linux."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            line = next((ln for ln in f if ln.startswith("flags")), "")
+    except OSError:
+        return []
+    return sorted({flag for flag in line.partition(":")[2].split() if flag.startswith(SIMD_FLAGS)})
+
+
 def machine_info(**dtypes_used: Any) -> dict[str, Any]:
     """CPU, cores, library versions and thread settings of this run, plus the dtypes it used."""
     import torch
@@ -149,6 +162,7 @@ def machine_info(**dtypes_used: Any) -> dict[str, Any]:
         "cpu_model": cpu_model(),
         "cpu_cores": os.cpu_count(),
         "cpu_bf16": cpu_bf16_report().reason(),
+        "cpu_flags": cpu_flags(),
         "torch_threads": torch.get_num_threads(),
         "tokenizers_parallelism": os.environ.get("TOKENIZERS_PARALLELISM"),
         "python": platform.python_version(),

@@ -1,4 +1,4 @@
-"""Run with: .venv/bin/python benchmarks/serve.py [--quick] [--duration 60] [--clients 1 8 32] [--plot results/serve.png]
+"""Run with: .venv/bin/python benchmarks/serve.py [--quick] [--duration 60] [--clients 1 8 32] [--ray] [--plot results/serve.png]
 
 Load test of `lancedb-baai serve` on the packaged all-MiniLM-L6-v2: an async httpx load
 generator keeps 1, 8 and 32 clients busy for ``--duration`` seconds each, every request
@@ -19,6 +19,13 @@ while its model is swapped (to a copy of the same weights in another folder, so 
 happens) and rolled back; that run's failed requests and latency are reported in a row of
 their own. The load generator shares the machine with
 the servers, as a client on the same host would.
+
+With ``--ray``, the contenders are the micro-batching server and the same service on Ray Serve
+(:mod:`lancedb_baai.serve.ray`, a local Ray cluster started here) with 1 and with 2 replicas,
+the host's cores shared out over each application's replicas (threads per replica = its CPUs).
+Each of the three then runs the swap + rollback row; for the Ray applications a swap answers
+once every replica serves the new model, so its seconds are the time for the swap to reach every
+replica, printed beside the time the model takes to load in one process.
 """
 
 from __future__ import annotations
@@ -49,6 +56,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--duration", type=float, default=None, help="seconds per point (default 60; --quick 2)")
     parser.add_argument("--clients", type=int, nargs="+", default=None, help="client counts (default 1 8 32)")
     parser.add_argument("--infinity", default=None, help="python of a venv with infinity-emb, to add it")
+    parser.add_argument("--ray", action="store_true", help="the single-host server beside Ray Serve, 1 and 2 replicas")
     parser.add_argument("--naive-server", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--model", default=None, help=argparse.SUPPRESS)
 
@@ -125,6 +133,70 @@ class Contender:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(10)
+
+
+class RayContender:
+    """``lancedb_baai.serve.ray`` with ``replicas`` replicas, one application on the local cluster's proxy."""
+
+    def __init__(self, name: str, model: str, replicas: int, proxy: str) -> None:
+        self.name, self.model_id, self.replicas = name, model, replicas
+        self.app = f"bench-{replicas}-replica"
+        self.url = f"{proxy}/{self.app}"
+
+    def start(self) -> None:
+        from ray import serve
+
+        from lancedb_baai.serve import ModelOptions, ServeConfig
+        from lancedb_baai.serve import ray as serve_ray
+
+        serve_ray.forget(self.app)  # start from the model given, not an earlier run's record
+        config = ServeConfig(models=[ModelOptions(kind="embed", name=self.model_id)], admin_token=TOKEN)
+        cpus = max(1.0, (os.cpu_count() or 1) // self.replicas)
+        serve.run(serve_ray.app(config, replicas=self.replicas, num_cpus=cpus, name=self.app),
+                  name=self.app, route_prefix=f"/{self.app}")
+
+    def wait_ready(self, timeout: float = 300, path: str = "/readyz") -> None:
+        pass  # serve.run returned once every replica was running
+
+    def stop(self) -> None:
+        from ray import serve
+
+        from lancedb_baai.serve import ray as serve_ray
+
+        serve.delete(self.app)
+        serve_ray.forget(self.app)
+
+
+def start_ray() -> str:
+    """A local Ray cluster and Serve's proxy on a free port; its URL. Each application's replicas
+    take the host's cores, and the applications run in turn, so the cluster counts twice the cores."""
+    import ray
+    from ray import serve
+
+    ray.init(num_cpus=2 * (os.cpu_count() or 1), include_dashboard=False, log_to_driver=False,
+             configure_logging=False, namespace="serve")
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    return f"http://127.0.0.1:{port}"
+
+
+def stop_ray() -> None:
+    import ray
+    from ray import serve
+
+    serve.shutdown()
+    ray.shutdown()
+
+
+def load_seconds(model: str) -> float:
+    """Seconds to load ``model`` warm in this process (what a swap must pay on each replica)."""
+    import lancedb_baai
+
+    start = time.perf_counter()
+    lancedb_baai.BAAIEmbeddings(name=model).engine().encode(["warm-up"])
+    seconds = time.perf_counter() - start
+    lancedb_baai.release()
+    return seconds
 
 
 def serve_argv(model: str, state_dir: Path, *extra: str) -> list[str]:
@@ -232,14 +304,21 @@ def main() -> int:
                                                                     TEXTS_PER_REQUEST)]
     work = Path(tempfile.mkdtemp(prefix="lancedb-baai-bench-serve-"))
     copy = str(shutil.copytree(model, work / "models" / "all-MiniLM-L6-v2-copy"))
-    contenders = [
+    contenders: list[Any] = [
         Contender("micro-batching", serve_argv(model, work / "state-mb"), model, work / "mb.log",
                   {"LANCEDB_BAAI_ADMIN_TOKEN": TOKEN}),
-        Contender("no micro-batching", serve_argv(model, work / "state-off", "--no-micro-batching"), model,
-                  work / "off.log"),
-        Contender("naive (thread pool)", [sys.executable, __file__, "--naive-server", "{port}", "--model", model],
-                  model, work / "naive.log"),
     ]
+    if args.ray:
+        proxy = start_ray()
+        contenders += [RayContender("ray serve, 1 replica", model, 1, proxy),
+                       RayContender("ray serve, 2 replicas", model, 2, proxy)]
+    else:
+        contenders += [
+            Contender("no micro-batching", serve_argv(model, work / "state-off", "--no-micro-batching"), model,
+                      work / "off.log"),
+            Contender("naive (thread pool)", [sys.executable, __file__, "--naive-server", "{port}", "--model",
+                                              model], model, work / "naive.log"),
+        ]
     if args.infinity:
         contenders.append(Contender("infinity-emb", [args.infinity, "-m", "infinity_emb.cli", "v2", "--model-id",
                                                      model, "--port", "{port}", "--host", "127.0.0.1"],
@@ -251,20 +330,27 @@ def main() -> int:
         for c in contenders:
             c.wait_ready(path="/health" if c.name == "infinity-emb" else "/readyz")
         rows = run_points(contenders, client_counts, duration, requests, copy,
-                          lambda: engine_rate(model, requests, min(duration, 10.0)))
+                          lambda: engine_rate(model, requests, min(duration, 10.0)),
+                          swapped=contenders if args.ray else contenders[:1])
         in_process = statistics.median(r["engine_texts_per_s"] for r in rows)
     finally:
         for c in contenders:
             c.stop()
-    swap_row = next(r for r in rows if r.get("events"))
-    print_results(rows, in_process, swap_row)
+        if args.ray:
+            stop_ray()
+    swap_rows = [r for r in rows if r.get("events")]
+    load_s = load_seconds(copy)
+    print_results(rows, in_process, swap_rows, load_s)
     _common.write_json(args.out, {
         "machine": _common.machine_info(server="float32 (auto on this CPU)"), "quick": args.quick,
         "duration_s": duration, "texts_per_request": TEXTS_PER_REQUEST, "model": model,
-        "engine_in_process_texts_per_s": in_process, "results": rows,
-        "swap_during_load": {"errors": swap_row["errors"], "events": swap_row["events"],
-                             "versions": swap_row["versions"], "p95_ms": swap_row["p95_ms"],
-                             "p99_ms": swap_row["p99_ms"]},
+        "engine_in_process_texts_per_s": in_process, "results": rows, "model_load_s": load_s,
+        "swap_during_load": {"errors": swap_rows[0]["errors"], "events": swap_rows[0]["events"],
+                             "versions": swap_rows[0]["versions"], "p95_ms": swap_rows[0]["p95_ms"],
+                             "p99_ms": swap_rows[0]["p99_ms"]},
+        "swaps_during_load": [{"server": r["server"], "clients": r["clients"], "errors": r["errors"],
+                               "events": r["events"], "versions": r["versions"], "p50_ms": r["p50_ms"],
+                               "p99_ms": r["p99_ms"]} for r in swap_rows],
         "infinity": "measured" if args.infinity else "not measured: pass --infinity PYTHON of a venv with infinity-emb"})
     _common.write_plot(args.plot, "lancedb-baai serve, texts/s (all-MiniLM-L6-v2, 8 texts per request)", [
         (f"texts/s at {n} clients", [r["server"] for r in rows if r["clients"] == n] + ["engine in process"],
@@ -272,11 +358,12 @@ def main() -> int:
     return 0
 
 
-def run_points(contenders: list[Contender], client_counts: list[int], duration: float,
-               requests: list[list[str]], copy: str, mark: Callable[[], float]) -> list[dict[str, Any]]:
+def run_points(contenders: list[Any], client_counts: list[int], duration: float,
+               requests: list[list[str]], copy: str, mark: Callable[[], float],
+               swapped: list[Any]) -> list[dict[str, Any]]:
     """Each client count with the contenders in rotation, after measuring the engine's own rate
-    (so the mark shares the conditions of the rows beside it); then, at the largest count, the
-    micro-batching server again with a swap and a rollback during the run (its own row, so the
+    (so the mark shares the conditions of the rows beside it); then, at the largest count, each
+    of ``swapped`` again with a swap and a rollback during the run (rows of their own, so the
     plain rows stay comparable)."""
     rows = []
     for clients in client_counts:
@@ -284,15 +371,15 @@ def run_points(contenders: list[Contender], client_counts: list[int], duration: 
         print(f"engine in process: {in_process:.1f} texts/s", flush=True)
         for c in contenders:
             rows.append(run_point(c, c.name, clients, duration, requests, in_process, []))
-    batching = contenders[0]
-    events = [(1 / 3, admin_action(batching.url, "/admin/swap", {"model": batching.model_id, "new_model": copy})),
-              (2 / 3, admin_action(batching.url, "/admin/rollback", {"model": batching.model_id}))]
-    rows.append(run_point(batching, f"{batching.name}, swap + rollback", max(client_counts), duration, requests,
-                          in_process, events))
+    for c in swapped:
+        events = [(1 / 3, admin_action(c.url, "/admin/swap", {"model": c.model_id, "new_model": copy})),
+                  (2 / 3, admin_action(c.url, "/admin/rollback", {"model": c.model_id}))]
+        rows.append(run_point(c, f"{c.name}, swap + rollback", max(client_counts), duration, requests,
+                              in_process, events))
     return rows
 
 
-def run_point(c: Contender, label: str, clients: int, duration: float, requests: list[list[str]],
+def run_point(c: Any, label: str, clients: int, duration: float, requests: list[list[str]],
               in_process: float, events: list[Any]) -> dict[str, Any]:
     print(f"  {label}: {clients} clients for {duration:g}s ...", flush=True)
     result = asyncio.run(load(c.url, c.model_id, clients, duration, requests, events))
@@ -300,14 +387,18 @@ def run_point(c: Contender, label: str, clients: int, duration: float, requests:
             "vs_engine": result["texts_per_s"] / in_process}
 
 
-def print_results(rows: list[dict[str, Any]], in_process: float, swap_row: dict[str, Any]) -> None:
+def print_results(rows: list[dict[str, Any]], in_process: float, swap_rows: list[dict[str, Any]],
+                  load_s: float) -> None:
     _common.print_table(f"\nserve: texts/s and latency (engine in process: {in_process:.1f} texts/s)", rows, [
         ("server", "server", ""), ("clients", "clients", ""), ("requests_per_s", "req/s", ".1f"),
         ("texts_per_s", "texts/s", ".1f"), ("vs_engine", "x engine", ".2f"), ("p50_ms", "p50 ms", ".0f"),
         ("p95_ms", "p95 ms", ".0f"), ("p99_ms", "p99 ms", ".0f"), ("errors", "errors", "")])
-    print(f"swap + rollback during the {swap_row['clients']}-client micro-batching run: "
-          f"{swap_row['errors']} failed requests; {swap_row['events']}; versions seen {swap_row['versions']}",
-          flush=True)
+    print(f"model load in one process: {load_s:.2f} s", flush=True)
+    for row in swap_rows:
+        actions = ", ".join(f"{e['action'].rsplit('/', 1)[1]} {e['status']} in {e['seconds']:.2f} s"
+                            for e in row["events"])
+        print(f"swap + rollback during the {row['clients']}-client run of {row['server'].split(',')[0]}: "
+              f"{row['errors']} failed requests; {actions}; versions seen {row['versions']}", flush=True)
 
 
 if __name__ == "__main__":

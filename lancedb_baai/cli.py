@@ -533,6 +533,15 @@ def serve(
     log_format: str = typer.Option("text", "--log-format", help="Log lines, access log included: text or json."),
     table: Optional[list[str]] = typer.Option(None, "--table", help="A LanceDB table as URI:NAME (repeatable): "
                                               "swaps and rollbacks list those they leave behind."),
+    on_ray: bool = typer.Option(False, "--ray", help="Serve on Ray Serve (RAY_ADDRESS's cluster, else a local "
+                                "one): swaps reach every replica. Needs the 'ray-serve' extra."),
+    replicas: int = typer.Option(1, "--replicas", min=1, help="With --ray: replicas of the service."),
+    autoscale: Optional[str] = typer.Option(None, "--autoscale", help="With --ray: MIN:MAX replicas, "
+                                            "scaled on ongoing requests (instead of --replicas)."),
+    num_cpus: Optional[float] = typer.Option(None, "--num-cpus", min=0.01, help="With --ray: CPUs per replica, "
+                                             "may be fractional (default: the cluster's CPUs / most replicas)."),
+    ray_config: Optional[Path] = typer.Option(None, "--ray-config", help="With --ray: write a Serve config file "
+                                              "for `serve deploy` to this path and exit."),
 ) -> None:
     """Serve embedders and rerankers over HTTP (OpenAI-compatible /v1/embeddings, /rerank, /metrics).
 
@@ -550,12 +559,45 @@ def serve(
         models = [ModelOptions.parse("embed", spec, **options) for spec in embed or []]
         models += [ModelOptions.parse("rerank", spec, **options) for spec in rerank or []]
         keys = [*(api_key or []), *(k.strip() for k in os.environ.get(API_KEYS_ENV, "").split(",") if k.strip())]
-        run(ServeConfig(models=models, host=host, port=port, workers=workers, threads=threads,
+        config = ServeConfig(models=models, host=host, port=port, workers=workers, threads=threads,
                         state_dir=state_dir, admin_token=os.environ.get(ADMIN_TOKEN_ENV),
                         micro_batching=micro_batching, batch_wait_ms=batch_wait_ms, max_queue=max_queue,
                         max_texts=max_texts, max_chars=max_chars, api_keys=keys,
                         allow_no_api_key=allow_no_api_key, memory_budget=memory_budget,
-                        log_format=log_format, tables=table or [], load_defaults=options))
+                        log_format=log_format, tables=table or [], load_defaults=options)
+        ray_options = {"--replicas": replicas != 1, "--autoscale": autoscale, "--num-cpus": num_cpus,
+                       "--ray-config": ray_config}
+        if not on_ray:
+            given = [name for name, value in ray_options.items() if value]
+            if given:
+                _fail(f"{', '.join(given)} only go with --ray")
+            run(config)
+            return
+        if workers != 1:
+            _fail("--workers is for one host; on Ray pass --replicas N or --autoscale MIN:MAX")
+        if autoscale and replicas != 1:
+            _fail("pass --replicas N or --autoscale MIN:MAX, not both")
+        _serve_on_ray(config, autoscale, replicas, num_cpus, threads, ray_config)
+
+
+def _serve_on_ray(config, autoscale: Optional[str], replicas: int, num_cpus: Optional[float],
+                  threads: Optional[int], ray_config: Optional[Path]) -> None:
+    from importlib.util import find_spec
+
+    if find_spec("ray") is None or find_spec("ray.serve") is None:
+        _fail("--ray needs Ray Serve: pip install 'lancedb_baai[ray-serve]'")
+    from .serve import ray as serve_ray
+
+    placement = serve_ray.Placement(replicas=replicas, num_cpus=num_cpus, threads=threads,
+                                    autoscale=serve_ray.Placement.parse_autoscale(autoscale) if autoscale else None)
+    if ray_config is not None:
+        import yaml
+
+        ray_config.write_text(yaml.safe_dump(serve_ray.config_file(config, placement), sort_keys=False))
+        typer.echo(f"wrote {ray_config}: deploy it with `serve deploy {ray_config}`; give the replicas "
+                   "LANCEDB_BAAI_ADMIN_TOKEN / LANCEDB_BAAI_API_KEYS in its runtime_env env_vars")
+        return
+    serve_ray.run(config, placement)
 
 
 # ------------------------------------------------------------------------------------- reembed

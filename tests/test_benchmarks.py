@@ -191,6 +191,26 @@ def test_serve_quick(tmp_path):
     assert "failed requests" in stdout
 
 
+def test_serve_ray_quick(tmp_path):
+    """--ray: the single-host server beside Ray Serve with 1 and 2 replicas, each swapped and rolled back under load."""
+    pytest.importorskip("ray.serve")
+    data, stdout = run_script("serve", tmp_path / "serve-ray.json", "--ray", "--duration", "1.5", "--clients", "2")
+    check_machine(data["machine"])
+    assert data["machine"]["cpu_flags"] == sorted(data["machine"]["cpu_flags"])
+    rows = data["results"]
+    assert [row["server"] for row in rows] == [
+        "micro-batching", "ray serve, 1 replica", "ray serve, 2 replicas", "micro-batching, swap + rollback",
+        "ray serve, 1 replica, swap + rollback", "ray serve, 2 replicas, swap + rollback"]
+    for row in rows:
+        assert row["errors"] == 0 and row["requests"] > 0 and row["texts_per_s"] > 0
+        assert row["p50_ms"] <= row["p95_ms"] <= row["p99_ms"]
+    swaps = data["swaps_during_load"]
+    assert [s["server"] for s in swaps] == [r["server"] for r in rows[3:]]
+    for swap in swaps:
+        assert swap["errors"] == 0 and [e["status"] for e in swap["events"]] == [200, 200], swap
+    assert data["model_load_s"] > 0 and "failed requests" in stdout
+
+
 def test_fingerprint_quick(tmp_path):
     data, stdout = run_script("fingerprint", tmp_path / "fingerprint.json")
     check_machine(data["machine"])

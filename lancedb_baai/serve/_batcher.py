@@ -95,6 +95,11 @@ class Batcher:
     def depth(self) -> int:
         return self._queue.qsize()
 
+    def alive(self) -> bool:
+        """True while the worker thread runs (a health check asks)."""
+        thread = self._thread
+        return thread is not None and thread.is_alive()
+
     def submit(self, job: Job) -> Future:
         """Queue ``job``; raises :class:`Overloaded` when the queue is full."""
         with self._closing:

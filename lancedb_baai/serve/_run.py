@@ -36,7 +36,7 @@ def _run_uvicorn(config: ServeConfig) -> None:
     from ._logs import uvicorn_log_config
 
     if config.threads is not None:
-        _set_threads(config.threads)
+        set_threads(config.threads)
     app = create_app(config)
     uvicorn.run(app, host=config.host, port=config.port, log_level=config.log_level,
                 timeout_graceful_shutdown=30, access_log=False,
@@ -62,7 +62,7 @@ def _run_gunicorn(config: ServeConfig) -> None:
     metrics_dir.mkdir(parents=True)
     os.environ[MULTIPROC_ENV] = str(metrics_dir)  # before anything imports prometheus-client
     threads = config.threads_per_worker()
-    _set_threads(1)  # no OpenMP pool in the master: a forked child could not use it
+    set_threads(1)  # no OpenMP pool in the master: a forked child could not use it
     os.environ.setdefault(WORKERS_ENV, str(config.workers))  # "auto" picks a backend whose weights the workers share
 
     from ._app import create_app
@@ -71,7 +71,7 @@ def _run_gunicorn(config: ServeConfig) -> None:
     app = create_app(service=Service(config))
 
     def post_fork(server: Any, worker: Any) -> None:
-        _set_threads(threads)
+        set_threads(threads)
 
     def child_exit(server: Any, worker: Any) -> None:
         worker_exited(worker.pid)
@@ -96,7 +96,7 @@ def _bind(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def _set_threads(threads: int) -> None:
+def set_threads(threads: int) -> None:
     """Threads per inference: torch's, and those an ONNX Runtime / OpenVINO engine compiles with.
 
     torch is only imported if the process has it already (a torch-free server stays so);

@@ -62,7 +62,12 @@ class Current:
         return self.loaded.engine
 
     def header(self) -> str:
-        return f"{quote(self.served, safe='/:._-')}@{self.version}"
+        return version_header(self.served, self.version)
+
+
+def version_header(served: str, version: int) -> str:
+    """What ``X-Model-Version`` says for ``served`` at ``version``."""
+    return f"{quote(served, safe='/:._-')}@{version}"
 
 
 class ServedModel:
@@ -130,10 +135,12 @@ class ServedModel:
 class Service:
     """Everything a server process serves; built once (before any fork), started in each worker."""
 
-    def __init__(self, config: ServeConfig) -> None:
+    def __init__(self, config: ServeConfig, store: StateStore | None = None) -> None:
+        """``store`` is where the served state is recorded: the state directory's file unless given
+        (:mod:`lancedb_baai.serve.ray` passes one kept in the Ray cluster)."""
         self.config = config
         self.metrics = Metrics()
-        self.store = StateStore(config.state_dir)
+        self.store = StateStore(config.state_dir) if store is None else store
         self.ready = False
         self.started = False
         self.lock = threading.RLock()  # one change of what is served at a time in this process
@@ -286,6 +293,12 @@ class Service:
                                 "load_count": _cache.CACHE.total_loads(),
                                 "served": {m.id: m.current.header() for m in self.models.values() if m.current},
                                 "time": time.time()})
+
+    def problems(self) -> list[str]:
+        """Why this process cannot serve now (empty when it can): what a health check reports."""
+        found = [] if self.ready else ["not ready: models are loading or the server is stopping"]
+        found += [f"the batcher of {m.id!r} has stopped" for m in self.models.values() if not m.batcher.alive()]
+        return found
 
     # ------------------------------------------------------------------ requests
 
