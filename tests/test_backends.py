@@ -117,12 +117,13 @@ def test_int8_is_gated_on_its_measured_figures(backend, sharp_st_model):
     assert figures["min_cosine"] == pytest.approx(min_cosine, abs=1e-5)
     assert figures["precision"] == "int8" and figures["texts"] == 250
     default = BAAIEmbeddings(name=str(sharp_st_model), backend=backend, precision="int8")
-    if figures["score"] >= _fidelity.THRESHOLDS["int8"]:
+    if figures["score"] >= _fidelity.THRESHOLDS["int8"] and figures["min_cosine"] >= _fidelity.MIN_COSINE["int8"]:
         default.generate_embeddings(TEXTS)
     else:
         with pytest.raises(_fidelity.FidelityError, match="fails the fidelity gate") as refused:
             default.generate_embeddings(TEXTS)
         assert f"{figures['score']:.3f}" in str(refused.value) and "min_fidelity=0" in str(refused.value)
+        assert f"{figures['min_cosine']:.5f}" in str(refused.value)
 
 
 def _one_bit(source: Path, target: Path, feeds) -> None:
