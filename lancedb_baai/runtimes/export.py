@@ -12,6 +12,7 @@ import json
 import threading
 import warnings
 from abc import abstractmethod
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -61,6 +62,10 @@ class ExportRuntime(Runtime):
     def compile(self, directory: Path, dtype: str, threads: int) -> Any:
         """The export in ``directory`` compiled for this CPU: a callable from feeds to the outputs."""
 
+    def run_many(self, compiled: Any, batches: Iterable[Feeds]) -> Iterator[tuple[np.ndarray, ...]]:
+        """The outputs of each batch in order (what :meth:`compile` returned runs them; one at a time here)."""
+        return map(compiled, batches)
+
     def open(self, request: Request, prepared: Path | None) -> tuple[Session, Graph]:
         if prepared is None:
             raise ValueError(f"backend {self.name!r} runs an export: prepare the model first")
@@ -94,6 +99,9 @@ class ExportSession(Session):
 
     def run(self, feeds: Feeds) -> tuple[np.ndarray, ...]:
         return self._compiled_now()(feeds)
+
+    def run_many(self, batches: Iterable[Feeds]) -> Iterator[tuple[np.ndarray, ...]]:
+        return self.runtime.run_many(self._compiled_now(), batches)
 
     def weight_bytes(self) -> int:
         """The export's graph files (the weights are most of them)."""
