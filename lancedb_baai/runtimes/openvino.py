@@ -11,7 +11,7 @@ import numpy as np
 
 from .base import Feeds, TorchModel, register
 from .device import native_bf16_flags
-from . import streams
+from . import int8, streams
 from .export import ExportRuntime
 from .telemetry import openvino_telemetry_off
 
@@ -54,11 +54,18 @@ class OpenVINORuntime(ExportRuntime):
 
 
 def quantize(model: Any, feeds: list[Feeds]) -> Any:
-    """NNCF's static int8 for transformers (attention kept in float), on the packaged calibration texts."""
+    """NNCF's static int8 for transformers (SmoothQuant, attention kept in float), on the calibration texts.
+
+    The blocks' output projections stay in float (:mod:`.int8`): with them in int8 the
+    packaged MiniLM measured top-10 overlap 0.95, below the gate's 0.97.
+    """
     import nncf
 
+    kept = [op.get_friendly_name() for op in model.get_ops()
+            if op.get_type_name() == "MatMul" and int8.kept_float(op.get_friendly_name())]
     return nncf.quantize(model, nncf.Dataset([dict(f) for f in feeds]), model_type=nncf.ModelType.TRANSFORMER,
-                         preset=nncf.QuantizationPreset.MIXED, subset_size=len(feeds))
+                         preset=nncf.QuantizationPreset.MIXED, subset_size=len(feeds),
+                         ignored_scope=nncf.IgnoredScope(names=kept, validate=False))
 
 
 @functools.cache
