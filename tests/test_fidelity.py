@@ -161,3 +161,18 @@ def test_figures_of_the_former_strict_measure_are_measured_again(tmp_path):
     _fidelity.record(tmp_path, "float32", current)
     assert _fidelity.recorded(tmp_path, "float32") == current
     assert json.loads((tmp_path / "fidelity.json").read_text())  # the file stays plain JSON
+
+
+def test_a_cap_on_onednns_instruction_sets_is_another_host(monkeypatch, tmp_path):
+    """Figures measured with ``ONEDNN_MAX_CPU_ISA=AVX2`` (other kernels, other int8 results) are not the CPU's own."""
+    monkeypatch.delenv(_fidelity.ISA_CAP_ENV, raising=False)
+    native = _fidelity.host_id()
+    figures = {"metric": "top10_overlap", "score": 0.98, "strict_overlap": 0.98, "min_cosine": 0.99, "texts": 250}
+    _fidelity.record(tmp_path, "int8", figures)
+    monkeypatch.setenv(_fidelity.ISA_CAP_ENV, "avx2")
+    assert _fidelity.host_id() != native
+    assert _fidelity.recorded(tmp_path, "int8") is None  # measured again under the cap
+    monkeypatch.setenv(_fidelity.ISA_CAP_ENV, "AVX2")
+    capped = _fidelity.host_id()
+    monkeypatch.delenv(_fidelity.ISA_CAP_ENV)
+    assert _fidelity.host_id() == native != capped and _fidelity.recorded(tmp_path, "int8") == figures

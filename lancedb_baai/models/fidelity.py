@@ -232,9 +232,21 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(ranks_a, ranks_b)[0, 1])
 
 
-@functools.cache
+ISA_CAP_ENV = "ONEDNN_MAX_CPU_ISA"
+"""oneDNN's cap on the instruction sets its kernels use (torch's and OpenVINO's): part of what decides the numbers."""
+
+
 def host_id() -> str:
-    """What decides a graph's numbers on this machine: CPU model and instruction sets, OS, architecture."""
+    """What decides a graph's numbers on this machine: CPU model and instruction sets, OS, architecture.
+
+    A cap on oneDNN's instruction sets (``$ONEDNN_MAX_CPU_ISA``, e.g. AVX2 on an AVX-512 CPU)
+    changes the kernels, and int8's results with them, so it makes another host.
+    """
+    return _host_id(os.environ.get(ISA_CAP_ENV, "").strip().upper())
+
+
+@functools.cache
+def _host_id(isa_cap: str) -> str:
     model, flags = "", ""
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
@@ -246,6 +258,8 @@ def host_id() -> str:
     except OSError:
         pass
     token = f"{platform.system()}|{platform.machine()}|{model or platform.processor()}|{flags}"
+    if isa_cap:
+        token += f"|{ISA_CAP_ENV}={isa_cap}"
     return hashlib.sha256(token.encode()).hexdigest()[:12]
 
 
