@@ -355,7 +355,8 @@ def _targets(rows: list[dict[str, Any]]) -> dict[str, Any]:
         targets["auto_peak_fraction"] = {"target": ">= 0.85 of the fp32 GEMM ceiling (here: table.add, batches "
                                                    f"of {BATCH})", "fraction": auto["peak_fraction"],
                                          "met": (auto["peak_fraction"] or 0) >= 0.85}
-    fp32 = by.get("openvino-fp32") or (auto if auto and auto["dtype"] == "float32" else None)
+    # the fp32 default: what "auto" runs where it is fp32, else the fp32 export it would run
+    fp32 = (auto if auto and auto["dtype"] == "float32" else None) or by.get("openvino-fp32") or by.get("onnx-fp32")
     if int8 and fp32:
         passing = [r for r in int8 if r["gate"] == "pass"]
         best = max(passing or int8, key=lambda r: r["texts_per_s"])
