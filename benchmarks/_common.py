@@ -132,25 +132,50 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
+"""The /proc/cpuinfo flags that decide which kernels the runtimes pick (fp32, int8 dot products, bf16)."""
+ISA_CAP_ENV = "ONEDNN_MAX_CPU_ISA"
+
+
+def cpu_flags() -> list[str]:
+    """Every flag of the first CPU in /proc/cpuinfo, sorted (empty where there is none)."""
+    with contextlib.suppress(OSError):
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return sorted(line.split(":", 1)[1].split())
+    return []
+
+
+def cpu_class() -> dict[str, Any]:
+    """The CPU class the figures stand for: native, or AVX2-only emulated by capping oneDNN's ISA.
+
+    ``ONEDNN_MAX_CPU_ISA=AVX2`` makes the oneDNN kernels of torch and of OpenVINO's CPU plugin
+    (its matmuls, fp32 and int8) use AVX2 code; a part of OpenVINO's own JIT kernels and all of
+    ONNX Runtime's (MLAS, which has no such switch) still use what the CPU has.
+    """
+    flags = set(cpu_flags())
+    present = [f for f in ISA_FLAGS if f in flags]
+    cap = os.environ.get(ISA_CAP_ENV)
+    if cap:
+        return {"class": f"{cap.lower()} (emulated)", "emulated_by": f"{ISA_CAP_ENV}={cap}", "isa_flags": present,
+                "emulation_covers": "oneDNN kernels (torch, OpenVINO matmuls); not ONNX Runtime, not all of "
+                                    "OpenVINO's own kernels"}
+    if "avx512_bf16" in flags or "amx_bf16" in flags:
+        name = "avx512_bf16 + vnni" if "avx512_vnni" in flags else "avx512_bf16"
+    elif "avx512_vnni" in flags or "avx_vnni" in flags:
+        name = "vnni (no bf16)"
+    else:
+        name = "avx2 only" if "avx2" in flags else "pre-avx2"
+    return {"class": f"{name} (native)", "emulated_by": None, "isa_flags": present}
+
+
 def package_version(dist: str) -> str | None:
     """The installed version of ``dist``, or None when it is not installed."""
     try:
         return metadata.version(dist)
     except metadata.PackageNotFoundError:
         return None
-
-
-SIMD_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512", "avx_vnni", "amx")
-
-
-def cpu_flags() -> list[str]:
-    """The /proc/cpuinfo flags that decide inference speed (SIMD widths, VNNI, AMX); empty off Linux."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            line = next((ln for ln in f if ln.startswith("flags")), "")
-    except OSError:
-        return []
-    return sorted({flag for flag in line.partition(":")[2].split() if flag.startswith(SIMD_FLAGS)})
 
 
 def machine_info(**dtypes_used: Any) -> dict[str, Any]:
@@ -162,6 +187,7 @@ def machine_info(**dtypes_used: Any) -> dict[str, Any]:
         "cpu_model": cpu_model(),
         "cpu_cores": os.cpu_count(),
         "cpu_bf16": cpu_bf16_report().reason(),
+        "cpu_class": cpu_class(),
         "cpu_flags": cpu_flags(),
         "torch_threads": torch.get_num_threads(),
         "tokenizers_parallelism": os.environ.get("TOKENIZERS_PARALLELISM"),

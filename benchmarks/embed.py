@@ -341,7 +341,7 @@ COLUMNS = [("method", "method", ""), ("resolved", "runs as", ""), ("texts_per_s"
 
 
 def _targets(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Issue #21's targets, met or not on this host."""
+    """Issue #31's targets, met or not on this host (its CPU class is in the JSON's machine record)."""
     by = {row["key"]: row for row in rows}
     auto = by.get("auto")
     int8 = [r for r in rows if r["dtype"] == "int8"]
@@ -349,19 +349,26 @@ def _targets(rows: list[dict[str, Any]]) -> dict[str, Any]:
     local = [r for r in rows if r.get("options") is not None and r["backend"] in ("onnx", "openvino")]
     targets: dict[str, Any] = {}
     if auto:
-        targets["auto_vs_builtin"] = {"target": ">= 6x at top-10 >= 0.99", "x": auto["vs_builtin"],
+        targets["auto_vs_builtin"] = {"target": ">= 3x at top-10 >= 0.99", "x": auto["vs_builtin"],
                                       "top10": auto["top10_overlap"],
-                                      "met": auto["vs_builtin"] >= 6 and auto["top10_overlap"] >= 0.99}
-    if int8:
-        best = max(int8, key=lambda r: r["vs_builtin"])
-        targets["int8"] = {"target": ">= 8.5x at top-10 >= 0.97", "best": best["key"], "x": best["vs_builtin"],
-                           "top10": best["top10_overlap"],
-                           "met": any(r["vs_builtin"] >= 8.5 and r["top10_overlap"] >= 0.97 for r in int8),
-                           "any_reaches_0.98": any(r["top10_overlap"] >= 0.98 for r in int8)}
+                                      "met": auto["vs_builtin"] >= 3 and auto["top10_overlap"] >= 0.99}
+        targets["auto_peak_fraction"] = {"target": ">= 0.85 of the fp32 GEMM ceiling (here: table.add, batches "
+                                                   f"of {BATCH})", "fraction": auto["peak_fraction"],
+                                         "met": (auto["peak_fraction"] or 0) >= 0.85}
+    # the fp32 default: what "auto" runs where it is fp32, else the fp32 export it would run
+    fp32 = (auto if auto and auto["dtype"] == "float32" else None) or by.get("openvino-fp32") or by.get("onnx-fp32")
+    if int8 and fp32:
+        passing = [r for r in int8 if r["gate"] == "pass"]
+        best = max(passing or int8, key=lambda r: r["texts_per_s"])
+        targets["int8"] = {"target": ">= 1.5x the fp32 default's texts/s at top-10 >= 0.97 on the gate's set",
+                           "fp32": fp32["key"], "best": best["key"], "x_fp32": best["texts_per_s"] / fp32["texts_per_s"],
+                           "gate_score": best["gate_score"], "gate": best["gate"],
+                           "x_fp32_each": {r["key"]: r["texts_per_s"] / fp32["texts_per_s"] for r in int8},
+                           "met": any(r["texts_per_s"] >= 1.5 * fp32["texts_per_s"] and r["gate"] == "pass"
+                                      for r in int8)}
     if exact:
-        targets["fp32_exact"] = {"target": ">= 3.5x at top-10 >= 0.999",
-                                 "x": {r["key"]: r["vs_builtin"] for r in exact},
-                                 "met": any(r["vs_builtin"] >= 3.5 and r["top10_overlap"] >= 0.999 for r in exact)}
+        targets["fp32_exact"] = {"target": "top-10 >= 0.999", "x": {r["key"]: r["vs_builtin"] for r in exact},
+                                 "met": all(r["top10_overlap"] >= 0.999 for r in exact)}
     if local and all("cold_start_s" in r for r in local):
         targets["cold_start"] = {"target": "<= 2.5 s", "s": {r["key"]: r["cold_start_s"] for r in local},
                                  "met": {r["key"]: r["cold_start_s"] <= 2.5 for r in local}}
@@ -380,7 +387,8 @@ def _report(args: argparse.Namespace, bench: EmbedBench, rows: list[dict[str, An
         f"{extra['load_average_after']}", rows + skipped, COLUMNS)
     print(f"fidelity against local-baai torch float32 over {fidelity['passage_queries']} passage and "
           f"{fidelity['question_queries']} question queries; gate: the package's own verdict at the "
-          "precision's default threshold (fp32 0.999, bf16 0.99, int8 0.97 top-10 overlap on its calibration set)")
+          "precision's default threshold (fp32 0.999, bf16 0.99, int8 0.97 top-10 overlap on its calibration set, "
+          "and min cosine 0.999 / 0.99 / 0.9)")
     print(f"matmul peak ({peaks['gemm_size']}^2 GEMM): fp32 {peaks['float32'] / 1e9:.1f} GFLOP/s, "
           f"bf16 {peaks['bfloat16'] / 1e9:.1f} GFLOP/s; model: {bench.shape.linear_params / 1e6:.2f}M "
           f"linear weights/token, {bench.shape.flops(bench.lengths) / bench.tokens / 1e6:.1f} MFLOP/token")

@@ -117,12 +117,59 @@ def test_int8_is_gated_on_its_measured_figures(backend, sharp_st_model):
     assert figures["min_cosine"] == pytest.approx(min_cosine, abs=1e-5)
     assert figures["precision"] == "int8" and figures["texts"] == 250
     default = BAAIEmbeddings(name=str(sharp_st_model), backend=backend, precision="int8")
-    if figures["score"] >= _fidelity.THRESHOLDS["int8"]:
+    if figures["score"] >= _fidelity.THRESHOLDS["int8"] and figures["min_cosine"] >= _fidelity.MIN_COSINE["int8"]:
         default.generate_embeddings(TEXTS)
     else:
         with pytest.raises(_fidelity.FidelityError, match="fails the fidelity gate") as refused:
             default.generate_embeddings(TEXTS)
         assert f"{figures['score']:.3f}" in str(refused.value) and "min_fidelity=0" in str(refused.value)
+        assert f"{figures['min_cosine']:.5f}" in str(refused.value)
+
+
+@pytest.mark.parametrize("backend", EXPORTED)
+def test_int8_keeps_the_block_output_projections_in_float(backend, sharp_st_model):
+    """The int8 graph quantizes the other linear layers and leaves each block's two output projections float."""
+    from lancedb_baai.runtimes.int8 import kept_float
+
+    function = BAAIEmbeddings(name=str(sharp_st_model), backend=backend, precision="int8", min_fidelity=0)
+    function.generate_embeddings(TEXTS)
+    key = function.engine_key()
+    directory = _runtimes.get(backend).export_dir(key.kind, key.model, _weights(sharp_st_model), key.dtype)
+    quantized, kept = _int8_layers(backend, directory)
+    layers = 2  # the tiny model's blocks
+    assert len(kept) == 2 * layers and all(kept_float(name) for name in kept), kept
+    assert len(quantized) >= 4 * layers and not any(kept_float(name) for name in quantized), quantized
+
+
+def _int8_layers(backend: str, directory: Path) -> tuple[list[str], list[str]]:
+    """Names of the linear layers (a weight as input) that run in int8, and of those left in float."""
+    if backend == "onnx":
+        import onnx
+
+        graph = onnx.load(str(directory / "model.onnx")).graph
+        weights = {i.name for i in graph.initializer}
+        quantized = [n.name for n in graph.node if n.op_type == "MatMulInteger"]
+        kept = [n.name for n in graph.node if n.op_type == "MatMul" and any(i in weights for i in n.input)]
+        return quantized, kept
+    import openvino as ov
+
+    model = ov.Core().read_model(str(directory / "model.xml"))
+    quantized, kept = [], []
+    for op in model.get_ops():
+        if op.get_type_name() != "MatMul":
+            continue
+        weight = op.input_value(1).get_node()
+        if weight.get_type_name() == "Constant":  # float weights
+            kept.append(op.get_friendly_name())
+        elif _from_constant(weight):  # int8 weights and their scales, or weights fake-quantized
+            quantized.append(op.get_friendly_name())
+    return quantized, kept
+
+
+def _from_constant(node) -> bool:
+    """Whether ``node`` computes only from constants (a weight's decompression or fake quantization)."""
+    inputs = [node.input_value(i).get_node() for i in range(node.get_input_size())]
+    return bool(inputs) and all(i.get_type_name() == "Constant" or _from_constant(i) for i in inputs)
 
 
 def _one_bit(source: Path, target: Path, feeds) -> None:

@@ -42,6 +42,12 @@ def check_machine(machine: dict) -> None:
                 "torch_threads"):
         assert machine.get(key), f"machine info lacks {key}: {machine}"
     assert machine["cpu_cores"] >= 1 and isinstance(machine["dtypes_used"], dict)
+    # the CPU flags that decide the kernels, and the class the figures stand for (native or emulated)
+    flags = set(open("/proc/cpuinfo", encoding="utf-8").read().split("flags", 1)[1].split("\n", 1)[0].split(":", 1)[1].split())
+    assert set(machine["cpu_flags"]) == flags
+    cpu_class = machine["cpu_class"]
+    assert set(cpu_class["isa_flags"]) <= flags and cpu_class["isa_flags"]
+    assert cpu_class["class"].endswith("(emulated)" if os.environ.get("ONEDNN_MAX_CPU_ISA") else "(native)")
 
 
 def test_every_script_says_how_to_run_it():
@@ -101,7 +107,11 @@ def test_embed_quick(tmp_path):
     assert data["peak_flop_per_s"]["float32"] > 0 and data["peak_flop_per_s"]["bfloat16"] > 0
     # contract: local-baai in float32 reproduces sentence-transformers
     assert data["fidelity"]["min_cosine_fp32_vs_sentence_transformers"] > 0.99999
-    assert set(data["targets"]) >= {"auto_vs_builtin", "int8", "fp32_exact", "cold_start", "one_query"}
+    assert set(data["targets"]) >= {"auto_vs_builtin", "auto_peak_fraction", "int8", "fp32_exact", "cold_start",
+                                    "one_query"}
+    int8 = data["targets"]["int8"]
+    assert int8["x_fp32"] == pytest.approx(rows[int8["best"]]["texts_per_s"] / rows[int8["fp32"]]["texts_per_s"])
+    assert int8["met"] == (int8["x_fp32"] >= 1.5 and int8["gate"] == "pass")  # one int8 contender in a quick run
     assert (tmp_path / "embed.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

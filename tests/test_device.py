@@ -70,6 +70,20 @@ def test_the_decision_follows_the_cpu_flags_and_the_backend(monkeypatch, fresh_r
     assert _device.auto_dtype("cuda:0")[0] == "float16" and _device.auto_dtype("mps")[0] == "float32"
 
 
+def test_a_onednn_cap_below_bf16_means_no_native_bf16(monkeypatch, fresh_report):
+    """``ONEDNN_MAX_CPU_ISA=AVX2`` on a bf16 CPU: the AVX2 class, so "auto" is float32 and OpenVINO bf16 is not native."""
+    monkeypatch.setattr(_device, "_cpu_flags", lambda: {"avx2", "avx512f", "avx512_bf16"})
+    monkeypatch.setattr(_device, "_onednn_bf16", lambda: True)
+    monkeypatch.delenv(_device.DTYPE_ENV, raising=False)
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    assert _device.native_bf16_flags() == ("avx512_bf16",) and _device.auto_dtype("cpu")[0] == "bfloat16"
+    for cap, native in (("AVX2", ()), ("avx512_core_vnni", ()), ("AVX512_CORE_BF16", ("avx512_bf16",))):
+        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cap)
+        _device.cpu_bf16_report.cache_clear()
+        assert _device.native_bf16_flags() == native, cap
+        assert _device.auto_dtype("cpu")[0] == ("bfloat16" if native else "float32"), cap
+
+
 def test_environment_variable_overrides_auto_only(monkeypatch):
     monkeypatch.delenv(_device.DTYPE_ENV, raising=False)
     host = _device.auto_dtype("cpu")

@@ -90,6 +90,34 @@ def test_a_broken_candidate_is_refused(broken):
         _fidelity.enforce("broken", figures, "int8", None)
 
 
+def test_a_collapsed_candidate_among_alike_scores_is_refused_by_its_cosine():
+    """Every passage scores alike (within the tie band) and the candidate maps every text to one vector.
+
+    Both top 10s then lie within the band of the other side's 10th, so the overlap is 1.0;
+    only the cosine between a text's two vectors shows that the candidate lost the model.
+    """
+    rng = np.random.default_rng(4)
+    count = sum(len(part) for part in _fidelity.gate_set())
+    reference = _unit(np.eye(DIMENSIONS)[0] + 1e-8 * rng.standard_normal((count, DIMENSIONS)))
+    candidate = np.full((count, DIMENSIONS), 1 / np.sqrt(DIMENSIONS))
+    figures = _measure(reference, candidate)
+    assert figures["score"] == 1.0 and figures["min_cosine"] < 0.5, figures  # what the overlap alone let through
+    for dtype in ("float32", "bfloat16", "int8"):
+        assert not _fidelity.passes(figures, dtype, None)
+        with pytest.raises(_fidelity.FidelityError, match=r"min cosine 0\.\d+ is below the .* min_fidelity=0"):
+            _fidelity.enforce("collapsed", figures, dtype, None)
+    assert _fidelity.passes(figures, "int8", 0)  # the stated opt-out accepts it, as it accepts any figures
+    _fidelity.enforce("collapsed", figures, "int8", 0)
+
+
+def test_the_cosine_floors_sit_below_what_faithful_graphs_measure():
+    assert _fidelity.MIN_COSINE["float32"] >= 0.999 > _fidelity.MIN_COSINE["bfloat16"] >= _fidelity.MIN_COSINE["int8"]
+    faithful = {"metric": "top10_overlap", "score": 0.99, "min_cosine": 0.995, "texts": 250}
+    assert _fidelity.passes(faithful, "int8", None) and not _fidelity.passes(faithful, "float32", None)
+    reranker = {"metric": "spearman", "score": 0.995, "max_abs_diff": 0.1, "texts": 400}
+    assert _fidelity.passes(reranker, "int8", None)  # no cosine for scores: the floor is the embedders'
+
+
 def test_errors_beyond_float32_resolution_are_not_forgiven():
     """Scores off by about 1e-2, far beyond the band, and no near-ties: the measure is the plain top-10 overlap."""
     reference = _spread()
@@ -133,3 +161,18 @@ def test_figures_of_the_former_strict_measure_are_measured_again(tmp_path):
     _fidelity.record(tmp_path, "float32", current)
     assert _fidelity.recorded(tmp_path, "float32") == current
     assert json.loads((tmp_path / "fidelity.json").read_text())  # the file stays plain JSON
+
+
+def test_a_cap_on_onednns_instruction_sets_is_another_host(monkeypatch, tmp_path):
+    """Figures measured with ``ONEDNN_MAX_CPU_ISA=AVX2`` (other kernels, other int8 results) are not the CPU's own."""
+    monkeypatch.delenv(_fidelity.ISA_CAP_ENV, raising=False)
+    native = _fidelity.host_id()
+    figures = {"metric": "top10_overlap", "score": 0.98, "strict_overlap": 0.98, "min_cosine": 0.99, "texts": 250}
+    _fidelity.record(tmp_path, "int8", figures)
+    monkeypatch.setenv(_fidelity.ISA_CAP_ENV, "avx2")
+    assert _fidelity.host_id() != native
+    assert _fidelity.recorded(tmp_path, "int8") is None  # measured again under the cap
+    monkeypatch.setenv(_fidelity.ISA_CAP_ENV, "AVX2")
+    capped = _fidelity.host_id()
+    monkeypatch.delenv(_fidelity.ISA_CAP_ENV)
+    assert _fidelity.host_id() == native != capped and _fidelity.recorded(tmp_path, "int8") == figures

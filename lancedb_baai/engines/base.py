@@ -78,13 +78,21 @@ class Engine:
         """Yield (indices, padded feeds, runtime outputs) per batch, longest first; indices restore order."""
         encodings = self._encode(items)
         lengths = [len(e.ids) for e in encodings]
-        with _progress.bar(progress, len(lengths), desc) as bar:
-            for index in plan_batches(lengths, batch_size, pass_tokens=pass_cost(self.key.device)):
-                feeds = pad([encodings[i] for i in index], self.graph.inputs, self.graph.pad_id)
+        plan = list(plan_batches(lengths, batch_size, pass_tokens=pass_cost(self.key.device)))
+        padded: list[dict[str, np.ndarray] | None] = [None] * len(plan)
+
+        def batches() -> Iterator[dict[str, np.ndarray]]:  # padded when the runtime asks: the next while one runs
+            for number, index in enumerate(plan):
+                padded[number] = pad([encodings[i] for i in index], self.graph.inputs, self.graph.pad_id)
                 self.forward_passes += 1
-                yield index, feeds, self.session.run(feeds)
+                yield padded[number]
+
+        with _progress.bar(progress, len(lengths), desc) as bar:
+            for number, outputs in enumerate(self.session.run_many(batches())):
+                feeds, padded[number] = padded[number], None  # the engine's last reference: freed after use
+                yield plan[number], feeds, outputs
                 if bar is not None:
-                    bar.update(len(index))
+                    bar.update(len(plan[number]))
 
     @classmethod
     def calibration_items(cls, texts: list[str]) -> list:

@@ -32,6 +32,14 @@ import numpy as np
 
 THRESHOLDS = {"float32": 0.999, "bfloat16": 0.99, "int8": 0.97}
 """Lowest score (embedders: mean top-10 overlap; rerankers: Spearman) each precision must reach by default."""
+MIN_COSINE = {"float32": 0.999, "bfloat16": 0.99, "int8": 0.9}
+"""Lowest cosine between an embedder's vector of a text and the reference's that each precision allows.
+
+The overlap alone lets a degenerate graph through where every passage scores alike (a tiny
+random model): every top 10 then lies within the tie band, whatever the vectors are. The
+cosine does not depend on the other texts. The floors sit below what faithful graphs of
+the packaged MiniLM measure (fp32 1.00000, bf16 0.998, the shipped int8 0.96 or more).
+"""
 
 PASSAGES = 200
 QUERIES = 50
@@ -43,14 +51,19 @@ _RECORD = "fidelity.json"
 class FidelityError(RuntimeError):
     """An engine that strays further from float32 torch than its precision allows."""
 
-    def __init__(self, what: str, figures: dict[str, Any], threshold: float) -> None:
-        self.figures, self.threshold = figures, threshold
-        super().__init__(
-            f"{what} fails the fidelity gate: {describe(figures)} against torch float32 on "
-            f"{figures['texts']} calibration texts, below the {threshold} it must reach. Use another "
-            "precision or backend (fp32 is exact), or accept these figures with min_fidelity=0 "
-            f"(or any value up to {figures['score']:.4f})."
-        )
+    def __init__(self, what: str, figures: dict[str, Any], threshold: float, floor: float | None = None) -> None:
+        self.figures, self.threshold, self.floor = figures, threshold, floor
+        if floor is not None and figures["score"] >= threshold:
+            short = (f"its min cosine {figures['min_cosine']:.5f} is below the {floor} its precision allows, "
+                     f"though its top-10 overlap {figures['score']:.3f} reaches {threshold}; the overlap "
+                     "cannot tell when every passage scores alike. Use another precision or backend "
+                     "(fp32 is exact), or accept these figures with min_fidelity=0.")
+        else:
+            short = (f"below the {threshold} it must reach. Use another precision or backend (fp32 is "
+                     f"exact), or accept these figures with min_fidelity=0 (or any value up to "
+                     f"{figures['score']:.4f}).")
+        super().__init__(f"{what} fails the fidelity gate: {describe(figures)} against torch float32 on "
+                         f"{figures['texts']} calibration texts, {short}")
 
 
 def describe(figures: dict[str, Any]) -> str:
@@ -65,15 +78,26 @@ def threshold(dtype: str, min_fidelity: float | None) -> float:
     return THRESHOLDS[dtype] if min_fidelity is None else float(min_fidelity)
 
 
+def cosine_floor(figures: dict[str, Any], dtype: str, min_fidelity: float | None) -> float | None:
+    """The lowest min cosine an embedder in ``dtype`` may show (None: no floor; ``min_fidelity=0`` accepts any)."""
+    if figures.get("metric") != "top10_overlap" or min_fidelity == 0:
+        return None
+    return MIN_COSINE[dtype]
+
+
 def enforce(what: str, figures: dict[str, Any], dtype: str, min_fidelity: float | None) -> None:
-    """Raise :class:`FidelityError` when ``figures`` fall below the threshold for ``dtype``."""
+    """Raise :class:`FidelityError` when ``figures`` fall below the threshold, or the cosine floor, for ``dtype``."""
     needed = threshold(dtype, min_fidelity)
     if figures["score"] < needed:
         raise FidelityError(what, figures, needed)
+    floor = cosine_floor(figures, dtype, min_fidelity)
+    if floor is not None and figures["min_cosine"] < floor:
+        raise FidelityError(what, figures, needed, floor)
 
 
 def passes(figures: dict[str, Any], dtype: str, min_fidelity: float | None) -> bool:
-    return figures["score"] >= threshold(dtype, min_fidelity)
+    floor = cosine_floor(figures, dtype, min_fidelity)
+    return figures["score"] >= threshold(dtype, min_fidelity) and (floor is None or figures["min_cosine"] >= floor)
 
 
 @functools.cache
@@ -208,9 +232,21 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(ranks_a, ranks_b)[0, 1])
 
 
-@functools.cache
+ISA_CAP_ENV = "ONEDNN_MAX_CPU_ISA"
+"""oneDNN's cap on the instruction sets its kernels use (torch's and OpenVINO's): part of what decides the numbers."""
+
+
 def host_id() -> str:
-    """What decides a graph's numbers on this machine: CPU model and instruction sets, OS, architecture."""
+    """What decides a graph's numbers on this machine: CPU model and instruction sets, OS, architecture.
+
+    A cap on oneDNN's instruction sets (``$ONEDNN_MAX_CPU_ISA``, e.g. AVX2 on an AVX-512 CPU)
+    changes the kernels, and int8's results with them, so it makes another host.
+    """
+    return _host_id(os.environ.get(ISA_CAP_ENV, "").strip().upper())
+
+
+@functools.cache
+def _host_id(isa_cap: str) -> str:
     model, flags = "", ""
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
@@ -222,6 +258,8 @@ def host_id() -> str:
     except OSError:
         pass
     token = f"{platform.system()}|{platform.machine()}|{model or platform.processor()}|{flags}"
+    if isa_cap:
+        token += f"|{ISA_CAP_ENV}={isa_cap}"
     return hashlib.sha256(token.encode()).hexdigest()[:12]
 
 

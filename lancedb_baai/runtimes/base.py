@@ -14,7 +14,7 @@ import contextlib
 import importlib.util
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -102,6 +102,10 @@ class Session(ABC):
     @abstractmethod
     def run(self, feeds: Feeds) -> tuple[np.ndarray, ...]:
         """The graph's outputs for one padded batch, in the graph's output order."""
+
+    def run_many(self, batches: Iterable[Feeds]) -> Iterator[tuple[np.ndarray, ...]]:
+        """The outputs of each batch, in order; a runtime with several streams runs some at once."""
+        return map(self.run, batches)
 
     def after_fork(self) -> None:
         """Make the session usable in a forked child (most runtimes need nothing)."""

@@ -163,8 +163,18 @@ def isa_tag() -> str:
     return hashlib.sha256(" ".join(flags).encode()).hexdigest()[:8] if flags else "generic"
 
 
+_ISA_CAPS_WITHOUT_BF16 = ("SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI")
+"""Values of ``$ONEDNN_MAX_CPU_ISA`` below oneDNN's bf16 kernels: torch and OpenVINO then run bf16 without them."""
+
+
 def native_bf16_flags() -> tuple[str, ...]:
-    """The native bf16 instruction sets this CPU reports (empty: none)."""
+    """The native bf16 instruction sets this CPU reports and oneDNN may use (empty: none).
+
+    ``ONEDNN_MAX_CPU_ISA`` capped below bf16 (e.g. ``AVX2``, to measure an AVX2-only class on
+    an AVX-512 host) leaves oneDNN, torch's and OpenVINO's kernels, without them.
+    """
+    if os.environ.get("ONEDNN_MAX_CPU_ISA", "").strip().upper() in _ISA_CAPS_WITHOUT_BF16:
+        return ()
     return tuple(f for f in _BF16_FLAGS if f in _cpu_flags())
 
 

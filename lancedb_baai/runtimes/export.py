@@ -12,6 +12,7 @@ import json
 import threading
 import warnings
 from abc import abstractmethod
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -66,6 +67,10 @@ class ExportRuntime(Runtime):
     def unshared(self, directory: Path, dtype: str) -> str | None:
         """None when processes running the export in ``directory`` share one copy of its weights, else why not."""
 
+    def run_many(self, compiled: Any, batches: Iterable[Feeds]) -> Iterator[tuple[np.ndarray, ...]]:
+        """The outputs of each batch in order (what :meth:`compile` returned runs them; one at a time here)."""
+        return map(compiled, batches)
+
     def open(self, request: Request, prepared: Path | None) -> tuple[Session, Graph]:
         if prepared is None:
             raise ValueError(f"backend {self.name!r} runs an export: prepare the model first")
@@ -101,6 +106,9 @@ class ExportSession(Session):
 
     def run(self, feeds: Feeds) -> tuple[np.ndarray, ...]:
         return self._compiled_now()(feeds)
+
+    def run_many(self, batches: Iterable[Feeds]) -> Iterator[tuple[np.ndarray, ...]]:
+        return self.runtime.run_many(self._compiled_now(), batches)
 
     def weight_bytes(self) -> int:
         """The export's graph files (the weights are most of them)."""

@@ -1,4 +1,4 @@
-"""ONNX Runtime on the CPU: an ONNX export of the model (fp32, or int8 from static quantization)."""
+"""ONNX Runtime on the CPU: an ONNX export of the model (fp32, or int8 from dynamic quantization)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ..models import exports
+from . import int8
 from .base import Feeds, Request, TorchModel, register
 from .device import isa_tag
 from .export import ExportRuntime
@@ -109,19 +110,24 @@ def _ort() -> Any:
 
 
 def quantize(source: Path, target: Path, feeds: list[Feeds]) -> None:
-    """Static int8 (QDQ, per channel) of the MatMuls, calibrated on the packaged calibration texts."""
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    """Dynamic int8 of the linear layers: 7-bit per-channel weights, activations scaled per batch.
 
-    class _Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self._feeds = iter(feeds)
+    Static int8 (calibrated activation scales) measured top-10 overlap 0.74 on the packaged
+    MiniLM; dynamic, 0.92; with the blocks' output projections kept in float (:mod:`.int8`),
+    0.93. ``reduce_range`` keeps weights to 7 bits so that CPUs without VNNI (AVX2: u8 x s8
+    pairs summed in int16) compute exactly what VNNI does. ``feeds`` are not needed: the
+    activations' scales are computed as the graph runs.
+    """
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
 
-        def get_next(self):
-            feed = next(self._feeds, None)
-            return None if feed is None else dict(feed)
-
-    quantize_static(str(source), str(target), _Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"])
+    graph = onnx.load(str(source), load_external_data=False).graph
+    weights = {initializer.name for initializer in graph.initializer}
+    matmuls = [node for node in graph.node if node.op_type == "MatMul"]
+    linear = [n.name for n in matmuls if any(i in weights for i in n.input) and not int8.kept_float(n.name)]
+    quantize_dynamic(str(source), str(target), per_channel=True, reduce_range=True, weight_type=QuantType.QInt8,
+                     op_types_to_quantize=["MatMul"],
+                     nodes_to_exclude=[n.name for n in matmuls if n.name not in linear])
 
 
 ONNX = register(OnnxRuntime())

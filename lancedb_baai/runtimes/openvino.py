@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import functools
-import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +11,7 @@ import numpy as np
 
 from .base import Feeds, TorchModel, register
 from .device import native_bf16_flags
+from . import int8, streams
 from .export import ExportRuntime
 from .telemetry import openvino_telemetry_off
 
@@ -19,7 +19,7 @@ _PRECISION_HINT = {"float32": "f32", "bfloat16": "bf16", "int8": "f32"}  # int8:
 
 
 class OpenVINORuntime(ExportRuntime):
-    """OpenVINO's CPU plugin, one stream tuned for latency, calls taking turns per compiled model."""
+    """OpenVINO's CPU plugin; a compiled model runs one call per stream at a time (:mod:`.streams`)."""
 
     name = "openvino"
     module = "openvino"
@@ -45,18 +45,12 @@ class OpenVINORuntime(ExportRuntime):
 
     def compile(self, directory: Path, dtype: str, threads: int) -> Any:
         ov = _openvino()
-        config = {"INFERENCE_PRECISION_HINT": _PRECISION_HINT[dtype], "PERFORMANCE_HINT": "LATENCY",
-                  "NUM_STREAMS": "1", "INFERENCE_NUM_THREADS": str(threads)}
+        config = {"INFERENCE_PRECISION_HINT": _PRECISION_HINT[dtype], **streams.config(threads)}
         compiled = ov.Core().compile_model(str(directory / "model.xml"), "CPU", config)
-        lock = threading.Lock()
-        outputs = len(compiled.outputs)
+        return streams.Requests(compiled, int(compiled.get_property("NUM_STREAMS")))
 
-        def run(feeds: Feeds) -> tuple[np.ndarray, ...]:
-            with lock:  # one infer request per compiled model: calls take turns
-                result = compiled(dict(feeds))
-                return tuple(np.asarray(result[i]).copy() for i in range(outputs))
-
-        return run
+    def run_many(self, compiled: Any, batches: Iterable[Feeds]) -> Iterator[tuple[np.ndarray, ...]]:
+        return compiled.map(batches)
 
     def unshared(self, directory: Path, dtype: str) -> str | None:
         return ("OpenVINO's CPU plugin repacks the weights into each process's own memory when it compiles the "
@@ -65,11 +59,18 @@ class OpenVINORuntime(ExportRuntime):
 
 
 def quantize(model: Any, feeds: list[Feeds]) -> Any:
-    """NNCF's static int8 for transformers (attention kept in float), on the packaged calibration texts."""
+    """NNCF's static int8 for transformers (SmoothQuant, attention kept in float), on the calibration texts.
+
+    The blocks' output projections stay in float (:mod:`.int8`): with them in int8 the
+    packaged MiniLM measured top-10 overlap 0.95, below the gate's 0.97.
+    """
     import nncf
 
+    kept = [op.get_friendly_name() for op in model.get_ops()
+            if op.get_type_name() == "MatMul" and int8.kept_float(op.get_friendly_name())]
     return nncf.quantize(model, nncf.Dataset([dict(f) for f in feeds]), model_type=nncf.ModelType.TRANSFORMER,
-                         preset=nncf.QuantizationPreset.MIXED, subset_size=len(feeds))
+                         preset=nncf.QuantizationPreset.MIXED, subset_size=len(feeds),
+                         ignored_scope=nncf.IgnoredScope(names=kept, validate=False))
 
 
 @functools.cache

@@ -1,0 +1,97 @@
+"""OpenVINO streams: bulk batches spread over infer requests give what one stream gives, in order."""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import numpy as np
+import pytest
+
+import lancedb_baai
+from lancedb_baai import BAAIEmbeddings
+from lancedb_baai.engines import choice as _backends
+from lancedb_baai.models import exports as _export
+from lancedb_baai.runtimes import streams as _streams
+
+pytest.importorskip("openvino")
+
+TEXTS = [f"passage {i} about tables " + "and vectors " * (i % 17) for i in range(70)]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _own_export_cache(tmp_path_factory):
+    previous = os.environ.get(_export.CACHE_ENV)
+    os.environ[_export.CACHE_ENV] = str(tmp_path_factory.mktemp("exports"))
+    _backends.forget()
+    yield
+    _backends.forget()
+    if previous is None:
+        os.environ.pop(_export.CACHE_ENV, None)
+    else:
+        os.environ[_export.CACHE_ENV] = previous
+
+
+def _engine(model, count: int, monkeypatch):
+    """An OpenVINO float32 engine compiled with ``count`` streams (and dropped from the cache: a second one loads)."""
+    monkeypatch.setenv(_streams.STREAMS_ENV, str(count))
+    monkeypatch.setenv("LANCEDB_BAAI_THREADS", "2")
+    function = BAAIEmbeddings(name=str(model), backend="openvino", precision="fp32")
+    engine = function.engine()
+    lancedb_baai.release(str(model))
+    return engine
+
+
+def test_two_streams_give_one_streams_vectors_in_order(sharp_st_model, monkeypatch):
+    one, two = _engine(sharp_st_model, 1, monkeypatch), _engine(sharp_st_model, 2, monkeypatch)
+    assert one.session._compiled_now().count == 1 and two.session._compiled_now().count == 2
+    # batches of 4 inputs: 18 batches, so up to two run at once on `two`
+    before = (one.forward_passes, two.forward_passes)
+    ours, theirs = two.encode(TEXTS, batch_size=4), one.encode(TEXTS, batch_size=4)
+    np.testing.assert_allclose(ours, theirs, atol=1e-6)
+    assert two.forward_passes - before[1] == one.forward_passes - before[0] >= len(TEXTS) // 4
+    alone = np.stack([one.encode([t])[0] for t in TEXTS[:5]])  # one text per call: no padding at all
+    np.testing.assert_allclose(ours[:5], alone, atol=1e-5)
+
+
+def test_calls_from_threads_share_the_requests(sharp_st_model, monkeypatch):
+    engine = _engine(sharp_st_model, 2, monkeypatch)
+    expected = engine.encode(TEXTS)
+    results: dict[int, np.ndarray] = {}
+
+    def call(i: int) -> None:
+        results[i] = engine.encode(TEXTS[i::4], batch_size=3)
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not any(t.is_alive() for t in threads)  # callers holding requests never wait on each other
+    for i in range(4):
+        np.testing.assert_allclose(results[i], expected[i::4], atol=1e-5)
+
+
+def test_a_caller_that_stops_early_hands_the_requests_back(sharp_st_model, monkeypatch):
+    engine = _engine(sharp_st_model, 2, monkeypatch)
+    requests = engine.session._compiled_now()
+    feeds = [dict(f) for _, f, _ in engine._run(TEXTS[:12], 2, False, "embedding")]
+    outputs = requests.map(iter(feeds))
+    next(outputs)
+    outputs.close()  # two requests were running: both go back to the pool
+    assert requests._free.qsize() == 2
+    with pytest.raises(Exception):  # a batch the graph refuses: its request goes back too
+        list(requests.map(iter([feeds[0], {"input_ids": np.zeros((1, 2, 3), dtype=np.int64)}])))
+    assert requests._free.qsize() == 2
+    np.testing.assert_allclose(requests(feeds[0])[0], list(requests.map(iter(feeds[:1])))[0][0])
+
+
+def test_the_stream_count_is_configurable_and_checked(monkeypatch):
+    monkeypatch.delenv(_streams.STREAMS_ENV, raising=False)
+    assert _streams.streams(1) == 1 and _streams.streams(2) == 2 and _streams.streams(16) == _streams.MAX_STREAMS
+    assert _streams.config(1)["PERFORMANCE_HINT"] == "LATENCY" and _streams.config(2)["NUM_STREAMS"] == "2"
+    monkeypatch.setenv(_streams.STREAMS_ENV, "1")
+    assert _streams.config(8) == {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1", "INFERENCE_NUM_THREADS": "8"}
+    monkeypatch.setenv(_streams.STREAMS_ENV, "0")
+    with pytest.raises(ValueError, match="LANCEDB_BAAI_STREAMS='0'.*1 or more"):
+        _streams.streams(2)
