@@ -26,6 +26,8 @@ hidden 1024, 335M parameters, 1.3 GB in float32; random weights are fine for mem
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import multiprocessing
 import os
@@ -328,16 +330,21 @@ def main() -> int:
         chosen = (args.models or "minilm,large").split(",")
         models = {name: (_common.minilm_path() if name == "minilm" else large_model(args.model_dir))
                   for name in chosen}
-    rows = []
+    rows: list[dict[str, Any]] = []
     for name, path in models.items():
         weights = _weights_bytes(path)
         for backend, dtype in backends:
             _prepare(path, backend, dtype)
             _prepare(tiny, backend, dtype)
+        for way in ways:  # every backend of one way before the next way: a cut-short run has them side by side
             for workers in counts:
-                for way in ways:
-                    rows += _row(name, path, tiny, weights, backend, dtype, way, workers, requests)
-    _report(args, rows)
+                for backend, dtype in backends:
+                    for row in _row(name, path, tiny, weights, backend, dtype, way, workers, requests):
+                        rows.append(row)
+                        print("  " + json.dumps({k: v for k, v in row.items()}, default=str), flush=True)
+                        _write(args, rows)  # so far: a long run cut short keeps what it measured
+    _common.print_table(TITLE, rows, COLUMNS)
+    print(f"results written to {args.out}", flush=True)
     return 0
 
 
@@ -387,11 +394,13 @@ COLUMNS = [("model", "model", ""), ("backend", "backend", ""), ("dtype", "dtype"
            ("private_mib", "private MiB", ".0f")]
 
 
-def _report(args: argparse.Namespace, rows: list[dict[str, Any]]) -> None:
-    _common.print_table("memory attributable to the model (total PSS minus the same workers on a tiny model)",
-                        rows, COLUMNS)
-    _common.write_json(args.out, {"benchmark": "memory", "quick": args.quick, "machine": _common.machine_info(),
-                                  "rows": rows})
+TITLE = "memory attributable to the model (total PSS minus the same workers on a tiny model)"
+
+
+def _write(args: argparse.Namespace, rows: list[dict[str, Any]]) -> None:
+    with contextlib.redirect_stdout(io.StringIO()):  # written after every row: say so once, at the end
+        _common.write_json(args.out, {"benchmark": "memory", "quick": args.quick,
+                                      "machine": _common.machine_info(), "rows": rows})
 
 
 if __name__ == "__main__":
