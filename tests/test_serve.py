@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 import pickle
-import re
 import subprocess
 import sys
 import threading
@@ -128,9 +127,10 @@ def test_models_health_readiness_and_metrics(server, sharp_st_model, sharp_cross
                  "lancedb_baai_queue_depth", "lancedb_baai_model_loads_total", "lancedb_baai_model_version",
                  "lancedb_baai_forward_passes_total"):
         assert name in metrics, name
-    mapped = re.search(rf'lancedb_baai_weight_bytes{{model="{re.escape(str(sharp_st_model))}",backend="torch",'
-                       r'memory="mapped"} ([0-9.e+]+)', metrics)
-    assert mapped and float(mapped.group(1)) > 0, metrics  # torch float32 reads its safetensors through a map
+    mapped = [float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
+              if line.startswith("lancedb_baai_weight_bytes{") and 'memory="mapped"' in line
+              and f'model="{sharp_st_model}"' in line and 'backend="torch"' in line]
+    assert mapped and mapped[0] > 0, metrics  # torch float32 reads its safetensors through a map
 
 
 # ------------------------------------------------------------------ micro-batching

@@ -7,10 +7,10 @@ from pathlib import Path
 from typing import Any
 
 from ..models import exports
-from . import int8
 from .base import Feeds, Request, TorchModel, register
 from .device import isa_tag
 from .export import ExportRuntime
+from .int8 import kept_float
 
 _OPSET = 17
 
@@ -124,7 +124,7 @@ def quantize(source: Path, target: Path, feeds: list[Feeds]) -> None:
     graph = onnx.load(str(source), load_external_data=False).graph
     weights = {initializer.name for initializer in graph.initializer}
     matmuls = [node for node in graph.node if node.op_type == "MatMul"]
-    linear = [n.name for n in matmuls if any(i in weights for i in n.input) and not int8.kept_float(n.name)]
+    linear = [n.name for n in matmuls if any(i in weights for i in n.input) and not kept_float(n.name)]
     quantize_dynamic(str(source), str(target), per_channel=True, reduce_range=True, weight_type=QuantType.QInt8,
                      op_types_to_quantize=["MatMul"],
                      nodes_to_exclude=[n.name for n in matmuls if n.name not in linear])

@@ -11,8 +11,9 @@ import numpy as np
 
 from .base import Feeds, TorchModel, register
 from .device import native_bf16_flags
-from . import int8, streams
 from .export import ExportRuntime
+from .int8 import kept_float
+from .streams import Requests, config as stream_config
 from .telemetry import openvino_telemetry_off
 
 _PRECISION_HINT = {"float32": "f32", "bfloat16": "bf16", "int8": "f32"}  # int8: the graph carries it
@@ -45,9 +46,9 @@ class OpenVINORuntime(ExportRuntime):
 
     def compile(self, directory: Path, dtype: str, threads: int) -> Any:
         ov = _openvino()
-        config = {"INFERENCE_PRECISION_HINT": _PRECISION_HINT[dtype], **streams.config(threads)}
+        config = {"INFERENCE_PRECISION_HINT": _PRECISION_HINT[dtype], **stream_config(threads)}
         compiled = ov.Core().compile_model(str(directory / "model.xml"), "CPU", config)
-        return streams.Requests(compiled, int(compiled.get_property("NUM_STREAMS")))
+        return Requests(compiled, int(compiled.get_property("NUM_STREAMS")))
 
     def run_many(self, compiled: Any, batches: Iterable[Feeds]) -> Iterator[tuple[np.ndarray, ...]]:
         return compiled.map(batches)
@@ -67,7 +68,7 @@ def quantize(model: Any, feeds: list[Feeds]) -> Any:
     import nncf
 
     kept = [op.get_friendly_name() for op in model.get_ops()
-            if op.get_type_name() == "MatMul" and int8.kept_float(op.get_friendly_name())]
+            if op.get_type_name() == "MatMul" and kept_float(op.get_friendly_name())]
     return nncf.quantize(model, nncf.Dataset([dict(f) for f in feeds]), model_type=nncf.ModelType.TRANSFORMER,
                          preset=nncf.QuantizationPreset.MIXED, subset_size=len(feeds),
                          ignored_scope=nncf.IgnoredScope(names=kept, validate=False))
