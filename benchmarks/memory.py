@@ -54,7 +54,8 @@ def _options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--requests", type=int, default=None,
                         help="single-text calls per worker on the fork and serve ways, so pages are shown to stay "
                              "shared in use (default 1000; quick 50)")
-    parser.add_argument("--models", default=None, help="comma-separated of minilm,large (default both)")
+    parser.add_argument("--models", default=None,
+                        help="comma-separated: minilm, large, or model directories (default minilm,large)")
     parser.add_argument("--model-dir", type=Path, default=_common.RESULTS_DIR / "models",
                         help="where the random bge-large-shaped model is built once (default: %(default)s)")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
@@ -267,6 +268,13 @@ def _fork_master_main(spec: dict[str, Any], workers: int) -> None:
 # ---------------------------------------------------------------- models
 
 
+def _model(name: str, directory: Path) -> str:
+    """``minilm`` (the packaged one), ``large`` (random, bge-large-shaped) or a model directory."""
+    if name == "minilm":
+        return _common.minilm_path()
+    return large_model(directory) if name == "large" else str(Path(name).resolve())
+
+
 def large_model(directory: Path) -> str:
     """A random bge-large-shaped embedder (built once in ``directory``)."""
     return _random_bert(directory / "bge-large-shaped", hidden=1024, layers=24, vocab=30522)
@@ -328,8 +336,7 @@ def main() -> int:
         models = {"small": _random_bert(args.model_dir / "small", hidden=256, layers=4)}
     else:
         chosen = (args.models or "minilm,large").split(",")
-        models = {name: (_common.minilm_path() if name == "minilm" else large_model(args.model_dir))
-                  for name in chosen}
+        models = {Path(name).name: _model(name, args.model_dir) for name in chosen}
     rows: list[dict[str, Any]] = []
     for name, path in models.items():
         weights = _weights_bytes(path)
