@@ -33,10 +33,11 @@ $(REF_VENV)/.installed: pyproject.toml lowest-versions.txt
 # disks for much of its time): the main lane runs the suite in .venv; the background lane
 # installs .venv-ref and runs `make parity` there, then the benchmark smoke runs and the
 # kill tests, the ONNX Runtime / OpenVINO and runtime-interface tests, the quickstart and notebook runs in .venv (whole scripts and processes,
-# independent of the rest; chosen so that the two lanes take about as long). Its log follows
+# independent of the rest; chosen so that the two lanes take about as long; every test that starts a
+# Ray cluster is in this lane, so two clusters never share the 2 cores). Its log follows
 # the main lane's report; either lane failing fails `make test`.
 BACKGROUND_TESTS ?= tests/test_benchmarks.py tests/test_reliability.py tests/test_backends.py tests/test_quickstart.py tests/test_runtimes.py \
-	tests/test_notebook.py tests/test_serve_ray.py
+	tests/test_notebook.py tests/test_serve_ray.py tests/test_ray.py
 BACKGROUND_LOG ?= tests-background.log
 
 test: $(VENV)/.installed
