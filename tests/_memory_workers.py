@@ -5,14 +5,10 @@ from __future__ import annotations
 import os
 
 
-def anonymous_bytes() -> int:
-    with open("/proc/self/smaps_rollup", encoding="utf-8") as f:
-        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("Anonymous:"))
-
-
 def load_and_hold(tiny: str, model: str, backend: str, dtype: str, queue, release) -> None:
     """Warm the runtime on ``tiny``, then load ``model`` and embed; report what the load added; wait."""
     import lancedb_baai
+    from lancedb_baai.runtimes.memory import anonymous_bytes
 
     def embed(name: str) -> list[float]:
         fn = lancedb_baai.BAAIEmbeddings(name=name, backend=backend, dtype=dtype)

@@ -169,3 +169,23 @@ def sharp_cross_encoder(models_root):
     """Single-label cross-encoder whose logits spread over several units across pairs."""
     directory = testing.build_cross_encoder(models_root / "sharp" / "BAAI" / "bge-reranker-base", seed=6)
     return testing.sharpen(directory, "AutoModelForSequenceClassification", 1.0, seed=6)
+
+
+@pytest.fixture(scope="module")
+def own_export_cache(tmp_path_factory):
+    """A module's exports in a directory of their own (subprocesses inherit it); choices forgotten around it.
+
+    Modules that export opt in with ``pytestmark = pytest.mark.usefixtures("own_export_cache")``.
+    """
+    from lancedb_baai.engines import choice
+    from lancedb_baai.models import exports
+
+    previous = os.environ.get(exports.CACHE_ENV)
+    os.environ[exports.CACHE_ENV] = str(tmp_path_factory.mktemp("exports"))
+    choice.forget()
+    yield
+    choice.forget()
+    if previous is None:
+        os.environ.pop(exports.CACHE_ENV, None)
+    else:
+        os.environ[exports.CACHE_ENV] = previous

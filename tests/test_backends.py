@@ -31,18 +31,7 @@ TEXTS = ["hello world", "a longer sentence about the python language and its tab
          "lancedb stores vectors " * 12]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _own_export_cache(tmp_path_factory):
-    """This module's exports in a directory of their own (subprocesses inherit it)."""
-    previous = os.environ.get(_export.CACHE_ENV)
-    os.environ[_export.CACHE_ENV] = str(tmp_path_factory.mktemp("exports"))
-    _backends.forget()
-    yield
-    _backends.forget()
-    if previous is None:
-        os.environ.pop(_export.CACHE_ENV, None)
-    else:
-        os.environ[_export.CACHE_ENV] = previous
+pytestmark = pytest.mark.usefixtures("own_export_cache")
 
 
 def _auto_env() -> dict[str, str]:

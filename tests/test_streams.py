@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import threading
 
 import numpy as np
@@ -10,8 +9,6 @@ import pytest
 
 import lancedb_baai
 from lancedb_baai import BAAIEmbeddings
-from lancedb_baai.engines import choice as _backends
-from lancedb_baai.models import exports as _export
 from lancedb_baai.runtimes import streams as _streams
 
 pytest.importorskip("openvino")
@@ -19,17 +16,7 @@ pytest.importorskip("openvino")
 TEXTS = [f"passage {i} about tables " + "and vectors " * (i % 17) for i in range(70)]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _own_export_cache(tmp_path_factory):
-    previous = os.environ.get(_export.CACHE_ENV)
-    os.environ[_export.CACHE_ENV] = str(tmp_path_factory.mktemp("exports"))
-    _backends.forget()
-    yield
-    _backends.forget()
-    if previous is None:
-        os.environ.pop(_export.CACHE_ENV, None)
-    else:
-        os.environ[_export.CACHE_ENV] = previous
+pytestmark = pytest.mark.usefixtures("own_export_cache")
 
 
 def _engine(model, count: int, monkeypatch):
