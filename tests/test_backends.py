@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 import subprocess
 import sys
 import textwrap
@@ -20,7 +21,7 @@ from lancedb_baai import BAAIEmbeddings, BAAIRerankFunction
 from lancedb_baai.engines import choice as _backends
 from lancedb_baai.models import exports as _export, fidelity as _fidelity
 from lancedb_baai.runtimes import base as _runtimes
-from lancedb_baai.runtimes.onnx import ONNX
+from lancedb_baai.runtimes.onnx import ONNX, packed_dir
 from lancedb_baai.runtimes.openvino import OpenVINORuntime, native_bf16 as openvino_bf16
 
 pytest.importorskip("onnxruntime")
@@ -328,11 +329,14 @@ def test_two_processes_exporting_at_once_make_one_export(sharp_plain_model, tmp_
     assert all(w.returncode == 0 for w in workers), [err[-2000:] for _, err in outputs]
     first, second = (json.loads(out) for out, _ in outputs)
     assert first == second
-    exported = sum(err.count("exported embed model") for _, err in outputs)
-    assert exported == 1, [err[-2000:] for _, err in outputs]
+    logs = "".join(err for _, err in outputs)
+    # each of the two exports (the graph, then its copy pre-packed for this CPU) is written by one process
+    assert len(re.findall(r"exported embed model \S+ to onnx", logs)) == 1, [err[-2000:] for _, err in outputs]
+    assert len(re.findall(r"exported embed model \S+: onnx weights pre-packed", logs)) == 1, logs[-2000:]
     [directory] = [d for d in (tmp_path / "exports" / "exports").rglob("embed-onnx-*") if d.is_dir()]
     assert _export.manifest(directory) is not None
-    assert not list(directory.parent.glob(".partial-*"))
+    assert _export.manifest(packed_dir(directory)) is not None
+    assert not list(directory.parent.glob(".partial-*")) and not list(directory.glob(".partial-*"))
 
 
 def test_a_corrupt_export_is_built_again(sharp_plain_model, tmp_path, monkeypatch, caplog):
