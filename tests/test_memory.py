@@ -21,7 +21,7 @@ import lancedb_baai
 from lancedb_baai import testing
 from lancedb_baai.engines import choice
 from lancedb_baai.models import exports
-from lancedb_baai.runtimes import onnx
+from lancedb_baai.runtimes import memory, onnx
 from lancedb_baai.runtimes.device import cpu_bf16_report
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
@@ -42,21 +42,6 @@ def tiny_model(models_root):
     return testing.build_st_embedder(models_root / "memory" / "tiny", hidden=32, layers=1, seed=4)
 
 
-def _file_pss(pid: int, roots: list[Path]) -> int:
-    """Proportional set size of process ``pid``'s mappings of files under ``roots``."""
-    prefixes = tuple(str(root.resolve()) + os.sep for root in roots)
-    total, counting = 0, False
-    with open(f"/proc/{pid}/smaps", encoding="utf-8", errors="replace") as f:
-        for line in f:
-            head = line.split(maxsplit=1)[0]
-            if "-" in head and not head.endswith(":"):
-                parts = line.split(maxsplit=5)
-                counting = len(parts) == 6 and parts[5].startswith(prefixes)
-            elif counting and head == "Pss:":
-                total += int(line.split()[1]) * 1024
-    return total
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("backend,dtype", SHARING)
 def test_four_spawned_workers_hold_about_one_copy_of_the_weights(mid_model, tiny_model, backend, dtype):
@@ -71,7 +56,7 @@ def test_four_spawned_workers_hold_about_one_copy_of_the_weights(mid_model, tiny
         p.start()
     try:
         results = [queue.get(timeout=600) for _ in procs]
-        mapped = sum(_file_pss(r["pid"], [mid_model, exports.cache_root()]) for r in results)
+        mapped = sum(memory.mapped_in([mid_model, exports.cache_root()], r["pid"], "Pss") for r in results)
     finally:
         release.set()
         for p in procs:
@@ -114,6 +99,21 @@ def test_mapped_onnx_weights_give_the_outputs_of_private_ones(st_model):
 
 
 @pytest.mark.skipif(not cpu_bf16_report().use_bf16, reason="torch runs bf16 natively only on bf16 CPUs")
+def test_a_damaged_prepacked_copy_is_reported_unshared_then_built_again(st_model):
+    fn = lancedb_baai.BAAIEmbeddings(name=str(st_model), backend="onnx", dtype="float32")
+    expected = fn.generate_embeddings(TEXTS)
+    export = fn.loaded().export
+    with open(onnx.packed_dir(export) / "weights.data", "r+b") as f:  # same size, other bytes
+        f.seek(100)
+        f.write(b"\xff" * 64)
+    assert "pre-packed for this CPU is missing" in onnx.ONNX.unshared(export, "float32")
+    lancedb_baai.release()
+    again = lancedb_baai.BAAIEmbeddings(name=str(st_model), backend="onnx", dtype="float32")
+    np.testing.assert_allclose(again.generate_embeddings(TEXTS), expected, atol=1e-6)
+    assert exports.manifest(onnx.packed_dir(export)) is not None
+    assert lancedb_baai.cache_info()[0]["shared_weights"] is True
+
+
 def test_torch_bf16_maps_one_cast_copy_with_the_outputs_of_a_private_cast(st_model):
     import torch
 

@@ -20,7 +20,7 @@ import numpy as np
 
 from ..models import exports
 from .base import Feeds, Graph, Request, Runtime, Session, TorchModel, default_threads
-from .memory import WeightMemory, growth, resident_in
+from .memory import WeightMemory, growth, mapped_in
 from .torch_modules import quiet_transformers
 
 
@@ -118,7 +118,7 @@ class ExportSession(Session):
         """Export files mapped in this process, and the memory the runtime allocated when it compiled them."""
         why = self.runtime.unshared(self.directory, self.dtype)
         where = why or f"the runtime reads the weights mapped from {self.directory}"
-        return WeightMemory(resident_in(self.directory), self._private, why is None, where)
+        return WeightMemory(mapped_in([self.directory]), self._private, why is None, where)
 
     def after_fork(self) -> None:
         """The runtime's thread pool did not survive the fork: compile again in the child, on first use.

@@ -77,28 +77,33 @@ def split_tensors(tensors: Iterable[Any]) -> tuple[int, int, set[str]]:
     return mapped, private, files
 
 
-def resident_in(directory: Path) -> int:
-    """Resident bytes of this process's mappings of files under ``directory`` (a replaced file's too)."""
-    prefix = str(directory.resolve()) + os.sep
+def mapped_in(roots: Iterable[Path], pid: int | str = "self", field: str = "Rss") -> int:
+    """Bytes (``field``: Rss, Pss...) of process ``pid``'s mappings of files under ``roots`` (a replaced file's too)."""
+    prefixes = tuple(str(Path(root).resolve()) + os.sep for root in roots)
     total, counting = 0, False
-    with contextlib.suppress(OSError), open("/proc/self/smaps", encoding="utf-8", errors="replace") as f:
+    with contextlib.suppress(OSError), open(f"/proc/{pid}/smaps", encoding="utf-8", errors="replace") as f:
         for line in f:
             head = line.split(maxsplit=1)[0]
             if "-" in head and not head.endswith(":"):  # a mapping's header line
                 parts = line.split(maxsplit=5)
-                counting = len(parts) == 6 and parts[5].startswith(prefix)
-            elif counting and head == "Rss:":
+                counting = len(parts) == 6 and parts[5].startswith(prefixes)
+            elif counting and head == f"{field}:":
                 total += int(line.split()[1]) * 1024
     return total
 
 
-def anonymous_bytes() -> int:
-    """This process's anonymous (private, not file-backed) resident memory; 0 where it cannot be read."""
-    with contextlib.suppress(OSError), open("/proc/self/smaps_rollup", encoding="utf-8") as f:
+def process_bytes(field: str, pid: int | str = "self") -> int:
+    """One total of process ``pid``'s memory (``field``: Pss, Anonymous...); 0 where it cannot be read."""
+    with contextlib.suppress(OSError), open(f"/proc/{pid}/smaps_rollup", encoding="utf-8") as f:
         for line in f:
-            if line.startswith("Anonymous:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) * 1024
     return 0
+
+
+def anonymous_bytes() -> int:
+    """This process's anonymous (private, not file-backed) resident memory; 0 where it cannot be read."""
+    return process_bytes("Anonymous")
 
 
 def growth(action: Callable[[], Any]) -> tuple[Any, int]:

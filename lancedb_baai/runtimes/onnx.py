@@ -65,7 +65,7 @@ class OnnxRuntime(ExportRuntime):
         return lambda feeds: tuple(session.run(None, dict(feeds)))
 
     def unshared(self, directory: Path, dtype: str) -> str | None:
-        if (packed_dir(directory) / exports.MANIFEST).is_file():
+        if exports.manifest(packed_dir(directory)) is not None:  # what compile() runs, checked the same way
             return None
         return ("ONNX Runtime pre-packs the weights into each process's memory: the copy pre-packed for this CPU "
                 f"is missing from {directory} (run `lancedb-baai export` once to write it)")
