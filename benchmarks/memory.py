@@ -122,11 +122,12 @@ def _copy_torch_weights() -> None:
 
 def pss(pid: int) -> int:
     """The proportional set size of process ``pid`` in bytes."""
-    with open(f"/proc/{pid}/smaps_rollup", encoding="utf-8") as f:
-        for line in f:
-            if line.startswith("Pss:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(f"no Pss for process {pid}")
+    from lancedb_baai.runtimes.memory import process_bytes
+
+    total = process_bytes("Pss", pid)
+    if not total:
+        raise RuntimeError(f"no Pss for process {pid} (has it ended?)")
+    return total
 
 
 _queue: Any = None
@@ -213,9 +214,9 @@ def _serve_way(spec: dict[str, Any], workers: int) -> dict[str, Any]:
         inputs += [[query] for query in _queries(texts)] * (spec.get("requests", 0) * workers // len(texts) + 1)
         inputs = inputs[:8 * workers + spec.get("requests", 0) * workers]
         start = time.perf_counter()
-        for batch in inputs:
-            response = httpx.post(server.url + "/v1/embeddings", json={"model": model, "input": batch}, timeout=300)
-            response.raise_for_status()
+        with httpx.Client(base_url=server.url, timeout=300) as client:  # one connection pool, as a service's client
+            for batch in inputs:
+                client.post("/v1/embeddings", json={"model": model, "input": batch}).raise_for_status()
         seconds = time.perf_counter() - start
         processes = [psutil.Process(server.proc.pid), *psutil.Process(server.proc.pid).children(recursive=True)]
         total = sum(pss(p.pid) for p in processes)
