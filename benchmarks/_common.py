@@ -315,8 +315,15 @@ def gemm_flops_per_s(dtype: str, size: int = 2048, repeats: int = 5) -> float:
 
 
 def gemm_peaks(size: int = 2048, repeats: int = 5) -> dict[str, float]:
-    """Measured matmul FLOP/s in float32 and bfloat16."""
-    return {dtype: gemm_flops_per_s(dtype, size, repeats) for dtype in ("float32", "bfloat16")}
+    """Measured matmul FLOP/s in float32, and in bfloat16 where the CPU runs bf16 natively.
+
+    Without native bf16 (an AVX2-only CPU, or oneDNN capped to emulate one) a bf16 matmul
+    falls back to kernels that take minutes at 2048 and that no contender runs.
+    """
+    from lancedb_baai.runtimes.device import cpu_bf16_report
+
+    dtypes = ("float32", "bfloat16") if cpu_bf16_report().use_bf16 else ("float32",)
+    return {dtype: gemm_flops_per_s(dtype, size, repeats) for dtype in dtypes}
 
 
 def _seconds(fn: Callable[[], Any]) -> float:

