@@ -210,9 +210,9 @@ def _serve_way(spec: dict[str, Any], workers: int) -> dict[str, Any]:
         server.wait_ready(timeout=1800)
         model = httpx.get(server.url + "/v1/models", timeout=30).json()["data"][0]["id"]
         texts = _common.corpus(TEXTS)
+        queries = _queries(texts)
         inputs = [texts[i % 4::4] for i in range(8 * workers)]  # batches of paragraphs reach every worker
-        inputs += [[query] for query in _queries(texts)] * (spec.get("requests", 0) * workers // len(texts) + 1)
-        inputs = inputs[:8 * workers + spec.get("requests", 0) * workers]
+        inputs += [[queries[i % len(queries)]] for i in range(spec.get("requests", 0) * workers)]
         start = time.perf_counter()
         with httpx.Client(base_url=server.url, timeout=300) as client:  # one connection pool, as a service's client
             for batch in inputs:

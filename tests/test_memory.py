@@ -98,7 +98,6 @@ def test_mapped_onnx_weights_give_the_outputs_of_private_ones(st_model):
         np.testing.assert_allclose(ours, theirs, atol=1e-6)
 
 
-@pytest.mark.skipif(not cpu_bf16_report().use_bf16, reason="torch runs bf16 natively only on bf16 CPUs")
 def test_a_damaged_prepacked_copy_is_reported_unshared_then_built_again(st_model):
     fn = lancedb_baai.BAAIEmbeddings(name=str(st_model), backend="onnx", dtype="float32")
     expected = fn.generate_embeddings(TEXTS)
@@ -114,6 +113,7 @@ def test_a_damaged_prepacked_copy_is_reported_unshared_then_built_again(st_model
     assert lancedb_baai.cache_info()[0]["shared_weights"] is True
 
 
+@pytest.mark.skipif(not cpu_bf16_report().use_bf16, reason="torch runs bf16 natively only on bf16 CPUs")
 def test_torch_bf16_maps_one_cast_copy_with_the_outputs_of_a_private_cast(st_model):
     import torch
 
