@@ -25,7 +25,11 @@ With ``--ray``, the contenders are the micro-batching server and the same servic
 the host's cores shared out over each application's replicas (threads per replica = its CPUs).
 Each of the three then runs the swap + rollback row; for the Ray applications a swap answers
 once every replica serves the new model, so its seconds are the time for the swap to reach every
-replica, printed beside the time the model takes to load in one process.
+replica, printed beside the seconds each replica took to load the model during that swap (as
+it reports them) and the time the model takes to load in an idle process. Before the runs each
+swapped server is swapped to the copy and back once (that first swap exports and gates the copy
+for the backend the server runs; its seconds are reported apart), and the backend each runs
+("auto") is recorded.
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ from pydantic import BaseModel
 
 TOKEN = "benchmark-admin-token-0123456789"
 TEXTS_PER_REQUEST = 8
+ADMIN = {"Authorization": f"Bearer {TOKEN}"}
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
@@ -267,10 +272,37 @@ def admin_action(url: str, path: str, body: dict[str, Any]):
 
         start = time.perf_counter()
         async with httpx.AsyncClient(base_url=url, timeout=300) as http:
-            r = await http.post(path, json=body, headers={"Authorization": f"Bearer {TOKEN}"})
-        return {"action": path, "status": r.status_code, "seconds": round(time.perf_counter() - start, 2)}
+            r = await http.post(path, json=body, headers=ADMIN)
+            seconds = round(time.perf_counter() - start, 2)
+            workers = (await http.get("/admin/engines", headers=ADMIN)).json()["workers"]
+        generation = r.json().get("generation", 0) if r.status_code == 200 else None
+        loads = [w["load_s"].get(body["model"]) for w in workers
+                 if generation is not None and w["generation"] >= generation]
+        return {"action": path, "status": r.status_code, "seconds": seconds,
+                "replica_load_s": sorted(x for x in loads if x is not None)}
 
     return act
+
+
+def engine_of(url: str, model: str) -> str | None:
+    """What the server runs ``model`` on ("openvino bfloat16"), from its admin route (None without one)."""
+    import httpx
+
+    r = httpx.get(url + "/admin/engines", headers=ADMIN, timeout=60)
+    if r.status_code != 200:
+        return None
+    found = [f"{c['backend']} {c['dtype']}" for c in r.json()["cache"] if c.get("served", c["model"]) == model]
+    return found[0] if found else None
+
+
+def prepare_swap(c: Any, copy: str) -> dict[str, Any]:
+    """Swap ``c`` to ``copy`` and back once before the load: the copy's export and gate for the backend
+    ``c`` runs happen here, so the swap under load measures loading it and reaching every replica."""
+    events = [asyncio.run(admin_action(c.url, path, body)()) for path, body in (
+        ("/admin/swap", {"model": c.model_id, "new_model": copy}), ("/admin/rollback", {"model": c.model_id}))]
+    if any(e["status"] != 200 for e in events):
+        raise RuntimeError(f"{c.name}: the swap before the runs failed: {events}")
+    return {"server": c.name, "first_swap_s": events[0]["seconds"], "first_rollback_s": events[1]["seconds"]}
 
 
 def engine_rate(model: str, requests: list[list[str]], seconds: float) -> float:
@@ -329,9 +361,12 @@ def main() -> int:
             c.start()
         for c in contenders:
             c.wait_ready(path="/health" if c.name == "infinity-emb" else "/readyz")
+        swapped = contenders if args.ray else contenders[:1]
+        engines = {c.name: engine_of(c.url, c.model_id) for c in swapped}
+        first_swaps = [prepare_swap(c, copy) for c in swapped]
         rows = run_points(contenders, client_counts, duration, requests, copy,
                           lambda: engine_rate(model, requests, min(duration, 10.0)),
-                          swapped=contenders if args.ray else contenders[:1])
+                          swapped=swapped)
         in_process = statistics.median(r["engine_texts_per_s"] for r in rows)
     finally:
         for c in contenders:
@@ -340,9 +375,9 @@ def main() -> int:
             stop_ray()
     swap_rows = [r for r in rows if r.get("events")]
     load_s = load_seconds(copy)
-    print_results(rows, in_process, swap_rows, load_s)
+    print_results(rows, in_process, swap_rows, load_s, engines, first_swaps)
     _common.write_json(args.out, {
-        "machine": _common.machine_info(server="float32 (auto on this CPU)"), "quick": args.quick,
+        "machine": _common.machine_info(**engines), "quick": args.quick, "first_swaps": first_swaps,
         "duration_s": duration, "texts_per_request": TEXTS_PER_REQUEST, "model": model,
         "engine_in_process_texts_per_s": in_process, "results": rows, "model_load_s": load_s,
         "swap_during_load": {"errors": swap_rows[0]["errors"], "events": swap_rows[0]["events"],
@@ -388,15 +423,18 @@ def run_point(c: Any, label: str, clients: int, duration: float, requests: list[
 
 
 def print_results(rows: list[dict[str, Any]], in_process: float, swap_rows: list[dict[str, Any]],
-                  load_s: float) -> None:
+                  load_s: float, engines: dict[str, str | None], first_swaps: list[dict[str, Any]]) -> None:
     _common.print_table(f"\nserve: texts/s and latency (engine in process: {in_process:.1f} texts/s)", rows, [
         ("server", "server", ""), ("clients", "clients", ""), ("requests_per_s", "req/s", ".1f"),
         ("texts_per_s", "texts/s", ".1f"), ("vs_engine", "x engine", ".2f"), ("p50_ms", "p50 ms", ".0f"),
         ("p95_ms", "p95 ms", ".0f"), ("p99_ms", "p99 ms", ".0f"), ("errors", "errors", "")])
-    print(f"model load in one process: {load_s:.2f} s", flush=True)
+    print(f"model load in one process: {load_s:.2f} s; engines: {engines}", flush=True)
+    for first in first_swaps:
+        print(f"before the runs, {first['server']}: first swap to the copy (its export and gate included) "
+              f"{first['first_swap_s']:.2f} s, rollback {first['first_rollback_s']:.2f} s", flush=True)
     for row in swap_rows:
-        actions = ", ".join(f"{e['action'].rsplit('/', 1)[1]} {e['status']} in {e['seconds']:.2f} s"
-                            for e in row["events"])
+        actions = ", ".join(f"{e['action'].rsplit('/', 1)[1]} {e['status']} in {e['seconds']:.2f} s "
+                            f"(replicas loaded in {e['replica_load_s']} s)" for e in row["events"])
         print(f"swap + rollback during the {row['clients']}-client run of {row['server'].split(',')[0]}: "
               f"{row['errors']} failed requests; {actions}; versions seen {row['versions']}", flush=True)
 

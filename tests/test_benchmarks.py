@@ -223,6 +223,13 @@ def test_serve_ray_quick(tmp_path):
     assert [s["server"] for s in swaps] == [r["server"] for r in rows[3:]]
     for swap in swaps:
         assert swap["errors"] == 0 and [e["status"] for e in swap["events"]] == [200, 200], swap
+        replicas = 2 if "2 replicas" in swap["server"] else 1
+        for event in swap["events"]:  # every replica on the new generation says how long its load took
+            assert len(event["replica_load_s"]) == replicas and all(s >= 0 for s in event["replica_load_s"]), event
+    assert [f["server"] for f in data["first_swaps"]] == [r["server"] for r in rows[:3]]
+    assert all(f["first_swap_s"] > 0 for f in data["first_swaps"])
+    assert set(data["machine"]["dtypes_used"]) == {r["server"] for r in rows[:3]}
+    assert all(data["machine"]["dtypes_used"].values())  # "backend dtype" of each, from its admin route
     assert data["model_load_s"] > 0 and "failed requests" in stdout
 
 

@@ -145,6 +145,25 @@ def test_routes_refuse_missing_or_wrong_keys_and_tokens(proxy):
     assert bad.status_code == 422 and "error" in bad.json()
 
 
+def test_each_replica_reports_how_long_its_models_took_to_load(proxy):
+    """What a swap's time is set against: each replica's own load of what it serves."""
+    found = replicas(proxy)
+    assert len(found) == 2 and all(r["load_s"][ALIAS] > 0 and r["load_s"][RERANK] > 0 for r in found)
+
+
+def test_placement_counts_the_replicas_that_can_share_a_node():
+    """Each replica sets ``LANCEDB_BAAI_WORKERS`` to this count, so "auto" weighs sharing weights only
+    where replicas share a node (one replica alone on it takes the fastest backend)."""
+    from lancedb_baai.serve.ray import Placement
+
+    assert Placement(replicas=1, num_cpus=2).replicas_per_node(2) == 1  # alone: "auto" takes the fastest
+    assert Placement(replicas=2, num_cpus=1).replicas_per_node(2) == 2
+    assert Placement(replicas=3, num_cpus=1).replicas_per_node(2) == 2  # the third runs on another node
+    assert Placement(autoscale=(1, 4), num_cpus=0.5).replicas_per_node(2) == 4
+    assert Placement(autoscale=(1, 4), num_cpus=1).replicas_per_node(8) == 4
+    assert Placement(replicas=1, num_cpus=4).replicas_per_node(2) == 1
+
+
 def test_health_readiness_and_metrics_per_replica(proxy):
     assert httpx.get(proxy + "/healthz", timeout=60).json() == {"status": "alive"}
     ready = httpx.get(proxy + "/readyz", timeout=60).json()

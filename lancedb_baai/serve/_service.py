@@ -56,6 +56,8 @@ class Current:
     served: str
     version: int
     revision: str = ""
+    load_s: float = 0.0
+    """Seconds this process took to load it and run one warm-up call (an export on first use included)."""
 
     @property
     def engine(self) -> Any:
@@ -89,6 +91,7 @@ class ServedModel:
     def load(self, served: str, version: int) -> Current:
         """A warm snapshot serving ``served`` (loaded through the package's cache; not installed)."""
         fn = self.function(served)
+        start = time.perf_counter()
         before = _cache.CACHE.total_loads()
         loaded = fn.loaded()
         engine = loaded.engine
@@ -97,7 +100,7 @@ class ServedModel:
         else:
             engine.score("warm-up", ["warm-up"])
         self.metrics.loads.labels(self.id).inc(_cache.CACHE.total_loads() - before)
-        return Current(fn, loaded, served, version, _revision(served, fn.revision))
+        return Current(fn, loaded, served, version, _revision(served, fn.revision), time.perf_counter() - start)
 
     def install(self, current: Current) -> None:
         self.current = current
@@ -292,6 +295,8 @@ class Service:
         self.store.acknowledge({"pid": os.getpid(), "generation": self.generation,
                                 "load_count": _cache.CACHE.total_loads(),
                                 "served": {m.id: m.current.header() for m in self.models.values() if m.current},
+                                "load_s": {m.id: round(m.current.load_s, 3) for m in self.models.values()
+                                           if m.current},
                                 "time": time.time()})
 
     def problems(self) -> list[str]:

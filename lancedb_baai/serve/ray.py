@@ -40,6 +40,7 @@ from ray import serve
 from ray.experimental import internal_kv
 
 from .._version import __version__
+from ..engines.choice import WORKERS_ENV
 from ._service import ServeError, Service, version_header
 from ._settings import ADMIN_TOKEN_ENV, API_KEYS_ENV, ServeConfig
 from ._state import Busy, StateStore, _write_atomically
@@ -101,6 +102,11 @@ class Placement(BaseModel):
 
     def thread_count(self) -> int:
         return self.threads or max(1, int(self.cpus()))
+
+    def replicas_per_node(self, node_cpus: float) -> int:
+        """How many replicas may run on a node of ``node_cpus`` CPUs: they are the worker processes
+        that could share one copy of the weights there."""
+        return max(1, min(self.most_replicas, int(node_cpus / self.cpus() + 1e-9)))
 
     def deployment_options(self) -> dict[str, Any]:
         scale: dict[str, Any] = {"num_replicas": self.replicas}
@@ -295,6 +301,8 @@ class Replica:
         self.config = ServeConfig(**config)
         self.placement = Placement(**placement)
         set_threads(self.placement.thread_count())
+        # "auto" puts backends that share weights between processes first only where replicas share a node
+        os.environ.setdefault(WORKERS_ENV, str(self.placement.replicas_per_node(_node_cpus())))
         context = serve.get_replica_context()
         self.replica_id = context.replica_id.unique_id
         if context.app_name != self.placement.name:  # serve.run(app(config), name=...) names it
@@ -362,6 +370,15 @@ class Replica:
             prefix = client.get_serve_details()["applications"][name].get("route_prefix")
             serve.run(app(self.config, self.placement, state=state), name=name, route_prefix=prefix)
         wait_for_replicas(self.store, state, exclude={self.replica_id})
+
+
+def _node_cpus() -> float:
+    """The CPUs Ray gives the node this process runs on (the host's count when Ray does not say)."""
+    node = ray.get_runtime_context().get_node_id()
+    for entry in ray.nodes():
+        if entry.get("NodeID") == node and entry.get("Alive", True):
+            return float(entry.get("Resources", {}).get("CPU", os.cpu_count() or 1))
+    return float(os.cpu_count() or 1)
 
 
 def with_user_config(configs: dict[str, Any], name: str, state: dict[str, Any]) -> Any:
