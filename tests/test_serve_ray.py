@@ -151,6 +151,15 @@ def test_each_replica_reports_how_long_its_models_took_to_load(proxy):
     assert len(found) == 2 and all(r["load_s"][ALIAS] > 0 and r["load_s"][RERANK] > 0 for r in found)
 
 
+def test_each_replica_takes_as_many_requests_as_its_batcher_queues(proxy, config):
+    """Not Ray Serve's 5: beyond them requests would wait in the proxy, an admin action behind them,
+    and the micro-batcher would merge at most 5 requests."""
+    from ray.serve.context import _get_global_client
+
+    details = _get_global_client().get_serve_details()["applications"][APP]["deployments"]["LanceDBBAAI"]
+    assert details["deployment_config"]["max_ongoing_requests"] == config.max_queue
+
+
 def test_placement_counts_the_replicas_that_can_share_a_node():
     """Each replica sets ``LANCEDB_BAAI_WORKERS`` to this count, so "auto" weighs sharing weights only
     where replicas share a node (one replica alone on it takes the fastest backend)."""

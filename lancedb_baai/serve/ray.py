@@ -361,6 +361,7 @@ class Replica:
         """
         from ray.serve.context import _get_global_client
 
+        start = time.perf_counter()
         client = _get_global_client()
         name = self.placement.name
         configs = ray.get(client._controller.get_app_configs.remote())
@@ -369,7 +370,10 @@ class Replica:
         else:  # the route prefix it runs under, whatever serve.run was given
             prefix = client.get_serve_details()["applications"][name].get("route_prefix")
             serve.run(app(self.config, self.placement, state=state), name=name, route_prefix=prefix)
+        deployed = time.perf_counter()
         wait_for_replicas(self.store, state, exclude={self.replica_id})
+        logger.info("generation %d reached every replica in %.2f s (the deploy call took %.2f s)",
+                    state["generation"], time.perf_counter() - start, deployed - start)
 
 
 def _node_cpus() -> float:
@@ -473,8 +477,11 @@ def app(config: ServeConfig, placement: Placement | None = None, *, state: dict[
         if not ray.is_initialized():
             ray.init(namespace="serve")
         state = initial_state(config, placement.name)
+    # Ray Serve's default of 5 requests per replica would queue the rest in the proxy: there an admin
+    # action waits behind the data requests, and the micro-batcher never sees more than 5 to merge.
+    # Each replica takes as many as its batcher queues (beyond them it answers 503, as one host does).
     deployment = Replica.options(user_config=state, version=_code_version(config, placement), _internal=True,
-                                 **placement.deployment_options())
+                                 max_ongoing_requests=config.max_queue, **placement.deployment_options())
     return deployment.bind(config.model_dump(mode="json"), placement.model_dump(mode="json"))
 
 
