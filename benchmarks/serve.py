@@ -23,10 +23,12 @@ the servers, as a client on the same host would.
 With ``--ray``, the contenders are the micro-batching server and the same service on Ray Serve
 (:mod:`lancedb_baai.serve.ray`, a local Ray cluster started here) with 1 and with 2 replicas,
 the host's cores shared out over each application's replicas (threads per replica = its CPUs).
-Each of the three then runs the swap + rollback row; for the Ray applications a swap answers
-once every replica serves the new model, so its seconds are the time for the swap to reach every
-replica, printed beside the seconds each replica took to load the model during that swap (as
-it reports them) and the time the model takes to load in an idle process. Before the runs each
+Each of the three then runs the swap + rollback row. For each action it reports when every
+replica served the change (the last replica's acknowledgement, after the request was sent),
+the seconds each replica took to load the model during it (as each reports them), the time
+the model takes to load in an idle process, and when the action answered: after the
+acknowledgements and after the old engine's queued requests were answered and its memory given
+back. Before the runs each
 swapped server is swapped to the copy and back once (that first swap exports and gates the copy
 for the backend the server runs; its seconds are reported apart), and the backend each runs
 ("auto") is recorded.
@@ -270,16 +272,19 @@ def admin_action(url: str, path: str, body: dict[str, Any]):
     async def act() -> dict[str, Any]:
         import httpx
 
-        start = time.perf_counter()
+        began, start = time.time(), time.perf_counter()
         async with httpx.AsyncClient(base_url=url, timeout=300) as http:
             r = await http.post(path, json=body, headers=ADMIN)
             seconds = round(time.perf_counter() - start, 2)
             workers = (await http.get("/admin/engines", headers=ADMIN)).json()["workers"]
         generation = r.json().get("generation", 0) if r.status_code == 200 else None
-        loads = [w["load_s"].get(body["model"]) for w in workers
-                 if generation is not None and w["generation"] >= generation]
-        return {"action": path, "status": r.status_code, "seconds": seconds,
-                "replica_load_s": sorted(x for x in loads if x is not None)}
+        applied = [w for w in workers if generation is not None and w["generation"] >= generation]
+        loads = [w["load_s"][body["model"]] for w in applied if body["model"] in w["load_s"]]
+        # the last acknowledgement: when every replica served the change (the answer comes after the
+        # old engine's queued requests are answered and its memory is given back)
+        reached = round(max(w["time"] for w in applied) - began, 2) if applied else None
+        return {"action": path, "status": r.status_code, "seconds": seconds, "reached_every_replica_s": reached,
+                "replica_load_s": sorted(loads)}
 
     return act
 
@@ -433,8 +438,9 @@ def print_results(rows: list[dict[str, Any]], in_process: float, swap_rows: list
         print(f"before the runs, {first['server']}: first swap to the copy (its export and gate included) "
               f"{first['first_swap_s']:.2f} s, rollback {first['first_rollback_s']:.2f} s", flush=True)
     for row in swap_rows:
-        actions = ", ".join(f"{e['action'].rsplit('/', 1)[1]} {e['status']} in {e['seconds']:.2f} s "
-                            f"(replicas loaded in {e['replica_load_s']} s)" for e in row["events"])
+        actions = ", ".join(f"{e['action'].rsplit('/', 1)[1]} {e['status']}, every replica on it after "
+                            f"{e['reached_every_replica_s']} s (replicas loaded in {e['replica_load_s']} s), "
+                            f"answered in {e['seconds']:.2f} s" for e in row["events"])
         print(f"swap + rollback during the {row['clients']}-client run of {row['server'].split(',')[0]}: "
               f"{row['errors']} failed requests; {actions}; versions seen {row['versions']}", flush=True)
 

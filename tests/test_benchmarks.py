@@ -226,6 +226,7 @@ def test_serve_ray_quick(tmp_path):
         replicas = 2 if "2 replicas" in swap["server"] else 1
         for event in swap["events"]:  # every replica on the new generation says how long its load took
             assert len(event["replica_load_s"]) == replicas and all(s >= 0 for s in event["replica_load_s"]), event
+            assert 0 < event["reached_every_replica_s"] <= event["seconds"] + 0.05, event
     assert [f["server"] for f in data["first_swaps"]] == [r["server"] for r in rows[:3]]
     assert all(f["first_swap_s"] > 0 for f in data["first_swaps"])
     assert set(data["machine"]["dtypes_used"]) == {r["server"] for r in rows[:3]}

@@ -369,7 +369,8 @@ class Replica:
             client.deploy_apps(with_user_config(configs, name, state))
         else:  # the route prefix it runs under, whatever serve.run was given
             prefix = client.get_serve_details()["applications"][name].get("route_prefix")
-            serve.run(app(self.config, self.placement, state=state), name=name, route_prefix=prefix)
+            target = serve.RunTarget(app(self.config, self.placement, state=state), name=name, route_prefix=prefix)
+            serve.run_many([target], wait_for_applications_running=False)  # the acks below are the wait
         deployed = time.perf_counter()
         wait_for_replicas(self.store, state, exclude={self.replica_id})
         logger.info("generation %d reached every replica in %.2f s (the deploy call took %.2f s)",
