@@ -43,3 +43,19 @@ def test_rollback_lets_the_swapped_out_engine_go_at_once(admin, st_model, zh_mod
         assert swapped_in() is None  # released and gone, not only dropped from the cache
         assert [e["model"] for e in _cache.CACHE.info() if e["loaded"]] == [str(st_model)]
     assert not [r for r in caplog.records if "still held" in r.getMessage()]
+
+
+def test_an_acknowledgement_keeps_the_time_its_generation_was_first_served(admin, st_model, zh_model):
+    """What /admin/engines shows as when each worker served a change: acknowledging the same
+    generation again (as a replica told of its own swap does) does not move it."""
+    service = admin.service
+    model_id = service.models[str(st_model)].id
+    admin.swap(model_id, None, str(zh_model))
+    [first] = service.store.workers()
+    service.acknowledge()
+    [again] = service.store.workers()
+    assert again["generation"] == first["generation"] and again["time"] == first["time"]
+    assert again["load_s"][model_id] > 0  # the swap's load, as the worker measured it
+    admin.rollback(model_id)
+    [after] = service.store.workers()
+    assert after["generation"] == first["generation"] + 1 and after["time"] > first["time"]

@@ -150,6 +150,7 @@ class Service:
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
         self._doomed: list[weakref.ref] = []  # released engines that requests in flight may still hold
+        self._acknowledged: tuple[int, int, float] = (0, -1, 0.0)  # pid, generation, when first acknowledged
         state = self.store.read()
         self.generation = state["generation"]
         models = {}
@@ -291,13 +292,19 @@ class Service:
         _settle(doomed)
 
     def acknowledge(self) -> None:
-        """Record in the state directory what this worker now serves (the admin routes show it)."""
+        """Record in the state directory what this worker now serves (the admin routes show it).
+
+        ``time`` is when this process first acknowledged this generation: acknowledging again
+        (a replica told of a change it made itself) does not move it.
+        """
+        if self._acknowledged[:2] != (os.getpid(), self.generation):
+            self._acknowledged = (os.getpid(), self.generation, time.time())
         self.store.acknowledge({"pid": os.getpid(), "generation": self.generation,
                                 "load_count": _cache.CACHE.total_loads(),
                                 "served": {m.id: m.current.header() for m in self.models.values() if m.current},
                                 "load_s": {m.id: round(m.current.load_s, 3) for m in self.models.values()
                                            if m.current},
-                                "time": time.time()})
+                                "time": self._acknowledged[2]})
 
     def problems(self) -> list[str]:
         """Why this process cannot serve now (empty when it can): what a health check reports."""
