@@ -54,7 +54,7 @@ def check_machine(machine: dict) -> None:
 
 def test_every_script_says_how_to_run_it():
     for script in ("embed", "rerank", "coldstart", "loads", "gpu", "ray_ingest", "serve", "fingerprint", "reembed",
-                   "memory"):
+                   "memory", "streams"):
         doc = (BENCHMARKS / f"{script}.py").read_text(encoding="utf-8").split('"""')[1]
         assert doc.startswith(f"Run with: .venv/bin/python benchmarks/{script}.py [--quick]"), script
 
@@ -232,6 +232,19 @@ def test_serve_ray_quick(tmp_path):
     assert set(data["machine"]["dtypes_used"]) == {r["server"] for r in rows[:3]}
     assert all(data["machine"]["dtypes_used"].values())  # "backend dtype" of each, from its admin route
     assert data["model_load_s"] > 0 and "failed requests" in stdout
+
+
+def test_streams_quick(tmp_path):
+    """Two streams against one, each setting in its own process with LANCEDB_BAAI_STREAMS set."""
+    data, stdout = run_script("streams", tmp_path / "streams.json")
+    check_machine(data["machine"])
+    assert [row["setting"] for row in data["results"]] == ["2 streams x 1 thread", "1 stream x 2 threads"]
+    for setting in ("2", "1"):  # each process ran with the streams its setting names
+        assert {run["streams"] for run in data["runs"][setting]} == {setting}
+    for row in data["results"]:
+        assert row["engine"].startswith("openvino ")
+        assert row["bulk_texts_per_s"] > 0 and row["one_query_ms"] > 0 and row["rerank_ms"] > 0
+    assert data["busy"] == 0 and "one query ms" in stdout
 
 
 def test_fingerprint_quick(tmp_path):
