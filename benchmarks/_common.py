@@ -365,6 +365,11 @@ def interleaved(methods: dict[str, Callable[[], Any]], rounds: int,
     return timings
 
 
+def load_average() -> list[float]:
+    """The host's 1, 5 and 15 minute load averages, rounded: recorded before and after a timed part."""
+    return [round(x, 2) for x in os.getloadavg()]
+
+
 def rss_bytes() -> int:
     """This process's resident memory."""
     import psutil

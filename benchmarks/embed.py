@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import os
 import statistics
 import tempfile
 import time
@@ -79,20 +78,20 @@ def main() -> int:
     texts = _common.corpus(args.limit or (16 if args.quick else None))
     model_dir = _model(args.model)
     bench = EmbedBench(model_dir, texts, contenders)
-    print(f"{len(texts)} texts, {bench.tokens} tokens; load average {_load()}", flush=True)
+    print(f"{len(texts)} texts, {bench.tokens} tokens; load average {_common.load_average()}", flush=True)
     bench.prepare()
     print(f"auto resolved to: {bench.choices['auto']['backend']} {bench.choices['auto']['dtype']} "
           f"({bench.choices['auto']['reason']})" if "auto" in bench.choices else "auto not run", flush=True)
     gemm = (args.gemm_size or 256, 3) if args.quick else (args.gemm_size or 2048, 5)
     peaks = _common.gemm_peaks(*gemm)
-    load_before = _load()
+    load_before = _common.load_average()
     with _common.busy(args.busy):
         timings = _common.interleaved(bench.methods(), rounds, bench.warmups())
         latency = bench.query_latency(query_calls)
         # quick runs skip the torch contenders' cold start (a torch import is ~10 s on a small host)
         cold_contenders = [c for c in contenders if not args.quick or _common.runs_torch_free(c)]
         cold = coldstart.measure(cold_contenders, model_dir, cold_repeats) if cold_repeats else []
-    load_after = _load()
+    load_after = _common.load_average()
     # measured again after the rounds: on a shared machine the best of both is the peak
     again = _common.gemm_peaks(*gemm)
     peaks = {dtype: max(flops, again[dtype]) for dtype, flops in peaks.items()}
@@ -103,10 +102,6 @@ def main() -> int:
              "load_average_after": load_after, "cold_repeats": cold_repeats, "query_calls": query_calls,
              "cold_start": cold})
     return 0
-
-
-def _load() -> list[float]:
-    return [round(x, 2) for x in os.getloadavg()]
 
 
 def _model(kind: str) -> str:

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -74,10 +73,10 @@ def main() -> int:
         model_dir = _model(args.model, args.model_dir or Path(tmp) / f"{args.model}-cross-encoder")
         bench = RerankBench(model_dir, contenders)
         bench.prepare()
-        load_before = [round(x, 2) for x in os.getloadavg()]
+        load_before = _common.load_average()
         with _common.busy(args.busy):
             latency = {count: bench.latency(count, n_queries, rounds) for count in counts}
-        load_after = [round(x, 2) for x in os.getloadavg()]
+        load_after = _common.load_average()
         fidelity = bench.fidelity(counts[0], args.fidelity_queries or (20 if not args.quick else n_queries))
         memory = [bench.memory(key, counts[0], rss_calls, 2 if args.quick else None)
                   for key in (OURS, THEIRS) if key in bench.rerankers]

@@ -3,7 +3,7 @@
 OpenVINO's streams on this host: two streams of one thread (the default on two or more
 threads) against one stream of two threads (``LANCEDB_BAAI_STREAMS=1``), for what "auto"
 runs (``--backend``/``--dtype`` pick another engine). The number of streams is fixed when a
-model compiles, so each setting runs in a fresh process, the settings alternating (A B A B)
+model compiles, so each setting runs in a fresh process, the settings alternating (A B, then B A)
 for ``--rounds`` rounds. Each process measures, on the packaged all-MiniLM-L6-v2 and a
 cross-encoder of its shape (``benchmarks/rerank.py`` builds the same one):
 
@@ -102,13 +102,13 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="bench-streams-") as tmp:
         cross_encoder = _common.build_minilm_cross_encoder(Path(tmp) / "cross-encoder")
         run_worker(SETTINGS[0], args, cross_encoder)  # exports and gates once, outside the rounds
-        load_before = [round(x, 2) for x in os.getloadavg()]
+        load_before = _common.load_average()
         with _common.busy(args.busy):
             for number in range(rounds):
                 for setting in SETTINGS if number % 2 == 0 else SETTINGS[::-1]:
                     runs[setting].append(run_worker(setting, args, cross_encoder))
                     print(f"  round {number + 1}/{rounds}: {LABELS[setting]}: {runs[setting][-1]}", flush=True)
-        load_after = [round(x, 2) for x in os.getloadavg()]
+        load_after = _common.load_average()
     rows = [{"setting": LABELS[s], "engine": runs[s][0]["engine"],
              **{key: statistics.median(r[key] for r in runs[s])
                 for key in ("bulk_texts_per_s", "one_query_ms", "rerank_ms")}} for s in SETTINGS]
