@@ -1,8 +1,8 @@
 """Run with: .venv/bin/python benchmarks/streams.py [--quick] [--rounds 2] [--busy N] [--out PATH]
 
-OpenVINO's streams on this host: two streams of one thread (the default on two or more
-threads) against one stream of two threads (``LANCEDB_BAAI_STREAMS=1``), for what "auto"
-runs (``--backend``/``--dtype`` pick another engine). The number of streams is fixed when a
+OpenVINO's streams on this host: two streams of one thread (``LANCEDB_BAAI_STREAMS=2``, what
+the server and Ray actors compile with) against one stream of two threads (the default), for
+what "auto" runs (``--backend``/``--dtype`` pick another engine). The number of streams is fixed when a
 model compiles, so each setting runs in a fresh process, the settings alternating (A B, then B A)
 for ``--rounds`` rounds. Each process measures, on the packaged all-MiniLM-L6-v2 and a
 cross-encoder of its shape (``benchmarks/rerank.py`` builds the same one):

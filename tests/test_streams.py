@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 
 import numpy as np
@@ -19,12 +20,20 @@ TEXTS = [f"passage {i} about tables " + "and vectors " * (i % 17) for i in range
 pytestmark = pytest.mark.usefixtures("own_export_cache")
 
 
-def _engine(model, count: int, monkeypatch):
-    """An OpenVINO float32 engine compiled with ``count`` streams (and dropped from the cache: a second one loads)."""
-    monkeypatch.setenv(_streams.STREAMS_ENV, str(count))
+def _engine(model, count: int | None, monkeypatch):
+    """An OpenVINO float32 engine compiled with ``count`` streams (None: the default) on two threads.
+
+    It is dropped from the cache after its record is checked: a second one loads.
+    """
+    if count is None:
+        monkeypatch.delenv(_streams.STREAMS_ENV, raising=False)
+    else:
+        monkeypatch.setenv(_streams.STREAMS_ENV, str(count))
     monkeypatch.setenv("LANCEDB_BAAI_THREADS", "2")
     function = BAAIEmbeddings(name=str(model), backend="openvino", precision="fp32")
     engine = function.engine()
+    record = next(r for r in lancedb_baai.cache_info() if r["model"] == str(model) and r["backend"] == "openvino")
+    assert record["streams"] == engine.session._compiled_now().count  # what cache_info() and the server report
     lancedb_baai.release(str(model))
     return engine
 
@@ -73,12 +82,56 @@ def test_a_caller_that_stops_early_hands_the_requests_back(sharp_st_model, monke
     np.testing.assert_allclose(requests(feeds[0])[0], list(requests.map(iter(feeds[:1])))[0][0])
 
 
+def test_a_process_has_one_stream_of_every_thread_unless_it_asks_for_more(sharp_st_model, monkeypatch):
+    """One stream: on an idle host a short query takes every thread (docs/performance.md, "Streams")."""
+    engine = _engine(sharp_st_model, None, monkeypatch)
+    assert engine.session._compiled_now().count == 1
+    assert engine.session._compiled_now().compiled.get_property("INFERENCE_NUM_THREADS") == 2
+    assert _streams.config(2) == {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1", "INFERENCE_NUM_THREADS": "2"}
+
+
 def test_the_stream_count_is_configurable_and_checked(monkeypatch):
     monkeypatch.delenv(_streams.STREAMS_ENV, raising=False)
-    assert _streams.streams(1) == 1 and _streams.streams(2) == 2 and _streams.streams(16) == _streams.MAX_STREAMS
-    assert _streams.config(1)["PERFORMANCE_HINT"] == "LATENCY" and _streams.config(2)["NUM_STREAMS"] == "2"
+    assert _streams.streams(1) == 1 and _streams.streams(2) == 1 and _streams.streams(16) == 1
+    _streams.throughput_by_default()  # a server or a Ray actor
+    assert _streams.streams(1) == 1 and _streams.streams(16) == _streams.THROUGHPUT_STREAMS == 2
+    assert _streams.config(2) == {"PERFORMANCE_HINT": "THROUGHPUT", "NUM_STREAMS": "2", "INFERENCE_NUM_THREADS": "2"}
     monkeypatch.setenv(_streams.STREAMS_ENV, "1")
+    _streams.throughput_by_default()  # the user's count stays
     assert _streams.config(8) == {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1", "INFERENCE_NUM_THREADS": "8"}
-    monkeypatch.setenv(_streams.STREAMS_ENV, "0")
-    with pytest.raises(ValueError, match="LANCEDB_BAAI_STREAMS='0'.*1 or more"):
-        _streams.streams(2)
+    for wrong in ("0", "two"):
+        monkeypatch.setenv(_streams.STREAMS_ENV, wrong)
+        with pytest.raises(ValueError, match=f"LANCEDB_BAAI_STREAMS='{wrong}'.*1 or more"):
+            _streams.streams(2)
+
+
+def _unset(monkeypatch) -> None:
+    """No stream count chosen; whatever the test sets is undone after it."""
+    monkeypatch.setenv(_streams.STREAMS_ENV, "unset")
+    monkeypatch.delenv(_streams.STREAMS_ENV)
+
+
+def test_the_server_asks_for_throughput_streams_before_its_models_load(monkeypatch, tmp_path):
+    from lancedb_baai.serve import _run
+    from lancedb_baai.serve._settings import ModelOptions, ServeConfig
+
+    config = ServeConfig(models=[ModelOptions(kind="embed", name="a-model")], state_dir=str(tmp_path))
+    seen = []
+    monkeypatch.setattr(_run, "_run_uvicorn", lambda config: seen.append(os.environ.get(_streams.STREAMS_ENV)))
+    _unset(monkeypatch)
+    _run.run(config)
+    assert seen == [str(_streams.THROUGHPUT_STREAMS)]
+    monkeypatch.setenv(_streams.STREAMS_ENV, "1")  # the user's count stays
+    _run.run(config)
+    assert seen[-1] == "1"
+
+
+def test_a_ray_batch_actor_compiles_with_throughput_streams(sharp_st_model, monkeypatch):
+    from lancedb_baai.ray.batches import BAAIEmbedBatches
+
+    _unset(monkeypatch)
+    monkeypatch.setenv("LANCEDB_BAAI_THREADS", "2")
+    actor = BAAIEmbedBatches(BAAIEmbeddings(name=str(sharp_st_model), backend="openvino", precision="fp32"))
+    records = [r for r in actor.cache_info() if r["model"] == str(sharp_st_model) and r["backend"] == "openvino"]
+    lancedb_baai.release(str(sharp_st_model))
+    assert [r["streams"] for r in records] == [2]

@@ -60,7 +60,7 @@ class Loaded:
         """What ``cache_info()`` shows of it beyond the key: why it runs here, its fidelity, where its weights live."""
         session = self.engine.session
         return {"backend_reason": self.reason, "fidelity": self.fidelity, "weights_bytes": session.weight_bytes(),
-                **session.weight_memory().record()}
+                "streams": session.streams(), **session.weight_memory().record()}
 
 
 @dataclass
@@ -199,7 +199,7 @@ class EngineCache:
             "model": key.model, "served": slot.history.served if slot.history else key.model, "kind": key.kind,
             "backend": key.backend, "backend_reason": backend_reason, "fidelity": fidelity,
             "device": key.device, "dtype": key.dtype, "dtype_reason": why,
-            "max_length": key.max_length,
+            "max_length": key.max_length, "streams": described.get("streams"),
             "revision": key.revision, "loads": slot.loads, "calls": slot.calls,
             "version": slot.history.version if slot.history else 0, "loaded": loaded is not None,
             "rollback_depth": len(slot.history.previous) if slot.history else 0,

@@ -21,6 +21,7 @@ from ..functions.arrow import vector_array
 from ..functions.config import EngineConfig
 from ..functions.embeddings import BAAIEmbeddings
 from ..functions.reranker import BAAIRerankFunction
+from ..runtimes.streams import throughput_by_default
 from ..tables.actors import actor_id
 
 DEBUG_COLUMNS: tuple[str, ...] = ("baai_actor", "baai_pid", "baai_load_count")
@@ -41,6 +42,7 @@ class _BatchFunction:
         self.function = as_function(function, self.registry_name, self.config_class)
         self.debug = debug
         # Ray builds the class once per actor: load here, so batches only ever hit the cache.
+        throughput_by_default()
         self.function.engine()
 
     def cache_info(self) -> list[dict[str, Any]]:

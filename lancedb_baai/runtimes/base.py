@@ -118,6 +118,10 @@ class Session(ABC):
         """Where the weights live in this process: mapped from files (shared by the host) or private."""
         return UNKNOWN
 
+    def streams(self) -> int | None:
+        """OpenVINO's streams, the calls that run at once (None: a runtime without streams, or not compiled yet)."""
+        return None
+
 
 class Runtime(ABC):
     """A way to run a model: torch, ONNX Runtime, OpenVINO, or one registered by a user."""

@@ -71,6 +71,10 @@ class ExportRuntime(Runtime):
         """The outputs of each batch in order (what :meth:`compile` returned runs them; one at a time here)."""
         return map(compiled, batches)
 
+    def streams(self, compiled: Any) -> int | None:
+        """The streams what :meth:`compile` returned runs on (None: this runtime has none)."""
+        return None
+
     def open(self, request: Request, prepared: Path | None) -> tuple[Session, Graph]:
         if prepared is None:
             raise ValueError(f"backend {self.name!r} runs an export: prepare the model first")
@@ -109,6 +113,10 @@ class ExportSession(Session):
 
     def run_many(self, batches: Iterable[Feeds]) -> Iterator[tuple[np.ndarray, ...]]:
         return self.runtime.run_many(self._compiled_now(), batches)
+
+    def streams(self) -> int | None:
+        compiled = self._compiled  # a forked child compiles on first use, not to be described
+        return None if compiled is None else self.runtime.streams(compiled)
 
     def weight_bytes(self) -> int:
         """The export's graph files (the weights are most of them)."""

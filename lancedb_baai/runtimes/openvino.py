@@ -53,6 +53,9 @@ class OpenVINORuntime(ExportRuntime):
     def run_many(self, compiled: Any, batches: Iterable[Feeds]) -> Iterator[tuple[np.ndarray, ...]]:
         return compiled.map(batches)
 
+    def streams(self, compiled: Any) -> int:
+        return compiled.count
+
     def unshared(self, directory: Path, dtype: str) -> str | None:
         return ("OpenVINO's CPU plugin repacks the weights into each process's own memory when it compiles the "
                 "model (its model cache is repacked again on import): N worker processes hold N copies. "

@@ -4,9 +4,15 @@ A compiled model with several streams runs several infer requests at once, each 
 own share of the threads. :class:`Requests` holds one request per stream: a call takes a
 free one (calls from several threads run side by side, up to the number of streams, and
 wait beyond it), and :meth:`Requests.map` keeps every request busy on a stream of
-batches, in order, while the caller pads the next batch. On a 2-core CPU two streams of
-one thread each ran bulk embedding faster than one stream of two threads and a short
-query no slower (docs/performance.md, "Streams"); :data:`STREAMS_ENV` overrides.
+batches, in order, while the caller pads the next batch.
+
+How many (docs/performance.md, "Streams"; measured on 2-core CPUs of both classes): on an
+otherwise idle host one stream of every thread embeds and reranks as fast as two streams of
+one thread and answers a short query 1.6x sooner, so a process has one stream. With a core
+taken by something else, two streams ran bulk and rerank about 1.5x faster (a pool of two
+threads waits at every barrier for the one whose core is taken), so the processes that only
+run bulk work or concurrent requests (the server, Ray actors) ask for two with
+:func:`throughput_by_default`. :data:`STREAMS_ENV` overrides both.
 """
 
 from __future__ import annotations
@@ -22,20 +28,33 @@ import numpy as np
 from .base import Feeds
 
 STREAMS_ENV = "LANCEDB_BAAI_STREAMS"
-"""Streams per compiled OpenVINO model: a count, or unset for one per thread up to :data:`MAX_STREAMS`."""
-MAX_STREAMS = 2
-"""Beyond two streams, each stream's thread count falls below what a batch of one query uses well."""
+"""Streams per compiled OpenVINO model: a count (at most one per thread); unset, one."""
+THROUGHPUT_STREAMS = 2
+"""What servers and Ray actors ask for: beyond two, each stream's threads fall below what a short query uses well."""
 
 
 def streams(threads: int) -> int:
     """How many streams a compiled model gets with ``threads`` threads in all."""
     configured = os.environ.get(STREAMS_ENV, "").strip()
-    if configured:
+    if not configured:
+        return 1
+    try:
         count = int(configured)
-        if count < 1:
-            raise ValueError(f"${STREAMS_ENV}={configured!r}: give a count of streams of 1 or more")
-        return min(count, threads)
-    return max(1, min(threads, MAX_STREAMS))
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise ValueError(f"${STREAMS_ENV}={configured!r}: give a count of streams of 1 or more, or unset it for one")
+    return max(1, min(count, threads))
+
+
+def throughput_by_default() -> None:
+    """Give the OpenVINO models this process compiles from now on :data:`THROUGHPUT_STREAMS` streams.
+
+    For processes whose calls are bulk work or concurrent requests: the server's workers, Ray
+    Serve replicas, Ray Data and re-embedding actors. A count the user set in
+    :data:`STREAMS_ENV` stays.
+    """
+    os.environ.setdefault(STREAMS_ENV, str(THROUGHPUT_STREAMS))
 
 
 def config(threads: int) -> dict[str, str]:

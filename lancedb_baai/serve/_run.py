@@ -12,6 +12,7 @@ from typing import Any
 
 from ..engines.choice import WORKERS_ENV
 from ..runtimes.device import THREADS_ENV
+from ..runtimes.streams import throughput_by_default
 from ._metrics import MULTIPROC_ENV, worker_exited
 from ._settings import ServeConfig
 
@@ -23,6 +24,7 @@ def run(config: ServeConfig) -> None:
     from ._logs import configure
 
     configure(config.log_format, config.log_level)
+    throughput_by_default()  # concurrent requests: two OpenVINO streams stand a loaded host better than one
     if config.workers == 1:
         _run_uvicorn(config)
     else:

@@ -41,6 +41,7 @@ from ray.experimental import internal_kv
 
 from .._version import __version__
 from ..engines.choice import WORKERS_ENV
+from ..runtimes.streams import throughput_by_default
 from ._service import ServeError, Service, version_header
 from ._settings import ADMIN_TOKEN_ENV, API_KEYS_ENV, ServeConfig
 from ._state import Busy, StateStore, _write_atomically
@@ -303,6 +304,7 @@ class Replica:
         set_threads(self.placement.thread_count())
         # "auto" puts backends that share weights between processes first only where replicas share a node
         os.environ.setdefault(WORKERS_ENV, str(self.placement.replicas_per_node(_node_cpus())))
+        throughput_by_default()
         context = serve.get_replica_context()
         self.replica_id = context.replica_id.unique_id
         if context.app_name != self.placement.name:  # serve.run(app(config), name=...) names it

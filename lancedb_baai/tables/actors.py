@@ -13,6 +13,7 @@ from typing import Any
 
 from ..functions.config import EngineConfig
 from ..functions.embeddings import BAAIEmbeddings
+from ..runtimes.streams import throughput_by_default
 from .checkpoint import Checkpoint
 from .switch import Chunk, Plan, embed_chunk
 
@@ -95,6 +96,7 @@ class _ChunkActor:
 
         self.function, self.plan, self.checkpoint = function, plan, checkpoint
         self.dataset = lance.dataset(uri, version=version)
+        throughput_by_default()
         function.engine()
 
     def run(self, chunk: Chunk) -> int:
