@@ -54,7 +54,7 @@ def check_machine(machine: dict) -> None:
 
 def test_every_script_says_how_to_run_it():
     for script in ("embed", "rerank", "coldstart", "loads", "gpu", "ray_ingest", "serve", "fingerprint", "reembed",
-                   "memory", "streams"):
+                   "memory", "streams", "query"):
         doc = (BENCHMARKS / f"{script}.py").read_text(encoding="utf-8").split('"""')[1]
         assert doc.startswith(f"Run with: .venv/bin/python benchmarks/{script}.py [--quick]"), script
 
@@ -245,6 +245,25 @@ def test_streams_quick(tmp_path):
         assert row["engine"].startswith("openvino ")
         assert row["bulk_texts_per_s"] > 0 and row["one_query_ms"] > 0 and row["rerank_ms"] > 0
     assert data["busy"] == 0 and "one query ms" in stdout
+
+
+def test_query_quick(tmp_path):
+    """One query against the matrix products alone and the weights' read, at 1 and every thread."""
+    data, stdout = run_script("query", tmp_path / "query.json")
+    check_machine(data["machine"])
+    names = [row["contender"] for row in data["results"]]
+    assert names[0].startswith("engine (") and f"{data['streams']} stream(s))" in names[0]
+    graphs = ["graph as the engine compiles it", f"graph for {data['rows']} tokens only, 1 stream"]
+    if names[0].startswith("engine (openvino "):  # "auto" on an x86 CPU: its export, as compiled and fixed-shape
+        assert names[1:3] == graphs
+    for threads in sorted({1, data["threads"]}):
+        for part in ("matmuls, openvino", "matmuls, torch", "weights read"):
+            assert any(n.startswith(part) and n.endswith(f", {threads} thread(s)") for n in names), (part, names)
+    assert len(names) == 1 + 2 * (graphs[0] in names) + 3 * len({1, data["threads"]})
+    assert all(row["median_ms"] > 0 and row["calls"] == 20 for row in data["results"])  # 20 questions, 1 round
+    assert 2 <= data["rows"] <= 32 and data["weights_bytes"] > 0 and "median ms" in stdout
+    # the packaged MiniLM's encoder: 6 layers of 4 x 384 x 384 + 2 x 384 x 1536 weights, 2 or 4 bytes each
+    assert data["weights_bytes"] in (6 * (4 * 384 * 384 + 2 * 384 * 1536) * b for b in (2, 4))
 
 
 def test_fingerprint_quick(tmp_path):
