@@ -20,13 +20,19 @@ TEXTS = [f"passage {i} about tables " + "and vectors " * (i % 17) for i in range
 pytestmark = pytest.mark.usefixtures("own_export_cache")
 
 
+def _unset(monkeypatch) -> None:
+    """No stream count chosen; whatever the test sets is undone after it."""
+    monkeypatch.setenv(_streams.STREAMS_ENV, "unset")
+    monkeypatch.delenv(_streams.STREAMS_ENV)
+
+
 def _engine(model, count: int | None, monkeypatch):
     """An OpenVINO float32 engine compiled with ``count`` streams (None: the default) on two threads.
 
     It is dropped from the cache after its record is checked: a second one loads.
     """
     if count is None:
-        monkeypatch.delenv(_streams.STREAMS_ENV, raising=False)
+        _unset(monkeypatch)
     else:
         monkeypatch.setenv(_streams.STREAMS_ENV, str(count))
     monkeypatch.setenv("LANCEDB_BAAI_THREADS", "2")
@@ -91,7 +97,7 @@ def test_a_process_has_one_stream_of_every_thread_unless_it_asks_for_more(sharp_
 
 
 def test_the_stream_count_is_configurable_and_checked(monkeypatch):
-    monkeypatch.delenv(_streams.STREAMS_ENV, raising=False)
+    _unset(monkeypatch)
     assert _streams.streams(1) == 1 and _streams.streams(2) == 1 and _streams.streams(16) == 1
     _streams.throughput_by_default()  # a server or a Ray actor
     assert _streams.streams(1) == 1 and _streams.streams(16) == _streams.THROUGHPUT_STREAMS == 2
@@ -105,19 +111,14 @@ def test_the_stream_count_is_configurable_and_checked(monkeypatch):
             _streams.streams(2)
 
 
-def _unset(monkeypatch) -> None:
-    """No stream count chosen; whatever the test sets is undone after it."""
-    monkeypatch.setenv(_streams.STREAMS_ENV, "unset")
-    monkeypatch.delenv(_streams.STREAMS_ENV)
-
-
 def test_the_server_asks_for_throughput_streams_before_its_models_load(monkeypatch, tmp_path):
-    from lancedb_baai.serve import _run
+    from lancedb_baai.serve import _logs, _run
     from lancedb_baai.serve._settings import ModelOptions, ServeConfig
 
     config = ServeConfig(models=[ModelOptions(kind="embed", name="a-model")], state_dir=str(tmp_path))
     seen = []
     monkeypatch.setattr(_run, "_run_uvicorn", lambda config: seen.append(os.environ.get(_streams.STREAMS_ENV)))
+    monkeypatch.setattr(_logs, "configure", lambda *args: None)  # the test process keeps its logging
     _unset(monkeypatch)
     _run.run(config)
     assert seen == [str(_streams.THROUGHPUT_STREAMS)]
