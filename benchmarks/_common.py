@@ -290,12 +290,16 @@ class EncoderShape:
         return 2.0 * self.linear_params * tokens + attention
 
 
-def encoder_shape(model: Any) -> EncoderShape:
-    """Count the per-token Linear weights of a transformers BERT-style model's encoder."""
+def encoder_linears(model: Any) -> list[Any]:
+    """The Linear layers of a transformers BERT-style model's encoder, in the order a token passes them."""
     import torch
 
-    params = sum(m.weight.numel() for name, m in model.named_modules()
-                 if isinstance(m, torch.nn.Linear) and ".encoder." in f".{name}.")
+    return [m for name, m in model.named_modules() if isinstance(m, torch.nn.Linear) and ".encoder." in f".{name}."]
+
+
+def encoder_shape(model: Any) -> EncoderShape:
+    """Count the per-token Linear weights of a transformers BERT-style model's encoder."""
+    params = sum(m.weight.numel() for m in encoder_linears(model))
     config = model.config
     return EncoderShape(params, config.num_hidden_layers, config.hidden_size)
 
@@ -324,6 +328,16 @@ def gemm_peaks(size: int = 2048, repeats: int = 5) -> dict[str, float]:
 
     dtypes = ("float32", "bfloat16") if cpu_bf16_report().use_bf16 else ("float32",)
     return {dtype: gemm_flops_per_s(dtype, size, repeats) for dtype in dtypes}
+
+
+def seconds_per_call(fn: Callable[[Any], Any], items: Sequence[Any]) -> list[float]:
+    """Seconds of each call ``fn(item)``, one call per item in turn (latency figures take their median)."""
+    seconds = []
+    for item in items:
+        start = time.perf_counter()
+        fn(item)
+        seconds.append(time.perf_counter() - start)
+    return seconds
 
 
 def _seconds(fn: Callable[[], Any]) -> float:

@@ -32,7 +32,6 @@ import concurrent.futures
 import itertools
 import os
 import statistics
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -52,12 +51,9 @@ def add_args(parser: argparse.ArgumentParser) -> None:
 
 def encoder_weights(model_dir: str) -> list[np.ndarray]:
     """The encoder's Linear weights ([out, in], float32), in the order a token passes them."""
-    import torch
     from transformers import AutoModel
 
-    model = AutoModel.from_pretrained(model_dir)
-    return [m.weight.detach().numpy().copy() for name, m in model.named_modules()
-            if isinstance(m, torch.nn.Linear) and ".encoder." in f".{name}."]
+    return [m.weight.detach().numpy().copy() for m in _common.encoder_linears(AutoModel.from_pretrained(model_dir))]
 
 
 def chain_steps(weights: list[np.ndarray]) -> list[tuple[int, ...]]:
@@ -74,24 +70,27 @@ def chain_steps(weights: list[np.ndarray]) -> list[tuple[int, ...]]:
     return steps
 
 
-def graph_calls(engine: Any, feeds: list[dict[str, np.ndarray]], rows: int, precision: str, threads: int,
+def graph_calls(engine: Any, feeds: list[dict[str, np.ndarray]], rows: int, threads: int,
                 fixed: bool) -> Callable[[str], Any]:
-    """The engine's OpenVINO export as it compiles it (streams and threads), or for ``rows`` tokens only.
+    """The engine's OpenVINO export compiled by its runtime as the engine's was, or for ``rows`` tokens only.
 
     Calls take the questions' feeds in turn; for the fixed shape each is cut or padded to ``rows``.
     """
     import openvino as ov
-    from lancedb_baai.runtimes.streams import config
 
-    core = ov.Core()
-    model = core.read_model(str(engine.session.directory / "model.xml"))
-    settings = {"INFERENCE_PRECISION_HINT": precision, **config(threads)}
+    session = engine.session
     if fixed:
+        core = ov.Core()
+        model = core.read_model(str(session.directory / "model.xml"))
         model.reshape({port.get_any_name(): [1, rows] for port in model.inputs})
-        settings.update(PERFORMANCE_HINT="LATENCY", NUM_STREAMS="1")
+        compiled = core.compile_model(model, "CPU", {
+            "INFERENCE_PRECISION_HINT": _OPENVINO_PRECISION[engine.key.dtype], "PERFORMANCE_HINT": "LATENCY",
+            "NUM_STREAMS": "1", "INFERENCE_NUM_THREADS": str(threads)})
         feeds = [{name: np.pad(array[:, :rows], ((0, 0), (0, max(0, rows - array.shape[1]))))
                   for name, array in feed.items()} for feed in feeds]
-    request = core.compile_model(model, "CPU", settings).create_infer_request()
+    else:
+        compiled = session.runtime.compile(session.directory, engine.key.dtype, threads).compiled
+    request = compiled.create_infer_request()
     turns = itertools.cycle(feeds)
     return lambda _: request.infer(next(turns))
 
@@ -136,10 +135,8 @@ def torch_chain(weights: list[np.ndarray], rows: int, dtype: str, threads: int) 
     return run
 
 
-def weights_read(weights: list[np.ndarray], dtype: str, threads: int, pool: concurrent.futures.Executor
-                 ) -> Callable[[], Any]:
-    """Reading the weights' bytes once (their size in ``dtype``) split over ``threads`` threads."""
-    size = sum(w.size for w in weights) * (2 if dtype == "bfloat16" else 4)
+def weights_read(size: int, threads: int, pool: concurrent.futures.Executor) -> Callable[[], Any]:
+    """Reading ``size`` bytes (the weights' size in the engine's precision) once, split over ``threads`` threads."""
     buffer = np.ones(size // 8, dtype=np.float64)  # numpy releases the GIL while it sums
     parts = np.array_split(buffer, threads)
     return lambda: list(pool.map(np.sum, parts))
@@ -153,16 +150,6 @@ def last_level_cache_bytes() -> int | None:
         unit = {"K": 2**10, "M": 2**20}.get(text[-1:], 1)
         sizes.append(int(text.rstrip("KM")) * unit)
     return max(sizes) if sizes else None
-
-
-def time_calls(fn: Callable[[str], Any], questions: list[str]) -> list[float]:
-    """Seconds of one call per question (the matmuls and reads ignore the question's text)."""
-    seconds = []
-    for question in questions:
-        start = time.perf_counter()
-        fn(question)
-        seconds.append(time.perf_counter() - start)
-    return seconds
 
 
 def main() -> int:
@@ -180,6 +167,7 @@ def main() -> int:
     engine = lancedb_baai.BAAIEmbeddings(name=model_dir, backend=args.backend, dtype=args.dtype).engine()
     dtype = engine.key.dtype if engine.key.dtype in _OPENVINO_PRECISION else "float32"
     weights = encoder_weights(model_dir)
+    weight_bytes = sum(w.size for w in weights) * (2 if dtype == "bfloat16" else 4)
     threads = default_threads()
     pool = concurrent.futures.ThreadPoolExecutor(threads)
     contenders: dict[str, Callable[[str], Any]] = {
@@ -188,32 +176,29 @@ def main() -> int:
     if engine.key.backend == "openvino":
         feeds = [{name: array for name, array in tokenizer([q], return_tensors="np").items()
                   if name in engine.graph.inputs} for q in questions]
-        precision = _OPENVINO_PRECISION[dtype]
-        contenders["graph as the engine compiles it"] = graph_calls(engine, feeds, rows, precision, threads, False)
-        contenders[f"graph for {rows} tokens only, 1 stream"] = graph_calls(engine, feeds, rows, precision, threads,
-                                                                            True)
+        contenders["graph as the engine compiles it"] = graph_calls(engine, feeds, rows, threads, False)
+        contenders[f"graph for {rows} tokens only, 1 stream"] = graph_calls(engine, feeds, rows, threads, True)
     for count in sorted({1, threads}):
         products = openvino_chain(weights, rows, _OPENVINO_PRECISION[dtype], count)
         contenders[f"matmuls, openvino {dtype}, {count} thread(s)"] = lambda _, run=products: run()
         products = torch_chain(weights, rows, dtype, count)
         contenders[f"matmuls, torch {dtype}, {count} thread(s)"] = lambda _, run=products: run()
-        read = weights_read(weights, dtype, count, pool)
+        read = weights_read(weight_bytes, count, pool)
         contenders[f"weights read, {count} thread(s)"] = lambda _, run=read: run()
 
     for fn in contenders.values():  # warm-up: one call per question each
-        time_calls(fn, questions)
+        _common.seconds_per_call(fn, questions)
     load_before = _common.load_average()
     seconds: dict[str, list[float]] = {name: [] for name in contenders}
     order = list(contenders)
     for number in range(rounds):
         for name in order if number % 2 == 0 else order[::-1]:
-            seconds[name] += time_calls(contenders[name], questions)
+            seconds[name] += _common.seconds_per_call(contenders[name], questions)  # matmuls and reads ignore the text
         print(f"  round {number + 1}/{rounds} done", flush=True)
     load_after = _common.load_average()
 
     results = [{"contender": name, "median_ms": statistics.median(s) * 1000,
                 "p10_ms": float(np.percentile(s, 10)) * 1000, "calls": len(s)} for name, s in seconds.items()]
-    weight_bytes = sum(w.size for w in weights) * (2 if dtype == "bfloat16" else 4)
     cache = last_level_cache_bytes()
     _common.print_table(f"\none query of {rows} tokens, {threads} thread(s); encoder weights "
                         f"{weight_bytes / 2**20:.1f} MiB in {dtype}, last-level cache "

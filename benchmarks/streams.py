@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import _common
+from lancedb_baai.runtimes.streams import STREAMS_ENV
 
 SETTINGS = ("2", "1")
 LABELS = {"2": "2 streams x 1 thread", "1": "1 stream x 2 threads"}
@@ -63,27 +64,17 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         bulk.append(len(texts) / (time.perf_counter() - start))
     for question in questions[:5]:
         embed.encode([question])
-    one = []
-    for _ in range(3):
-        for question in questions:
-            start = time.perf_counter()
-            embed.encode([question])
-            one.append(time.perf_counter() - start)
+    one = _common.seconds_per_call(lambda question: embed.encode([question]), questions * 3)
     sets = [(questions[q], [texts[(q * 97 + i) % len(texts)] for i in range(sizes[2])]) for q in range(sizes[3])]
     rerank.score(*sets[0])
-    ranked = []
-    for _ in range(3):
-        for query, passages in sets:
-            start = time.perf_counter()
-            rerank.score(query, passages)
-            ranked.append(time.perf_counter() - start)
-    return {"streams": os.environ.get("LANCEDB_BAAI_STREAMS"), "engine": f"{embed.key.backend} {embed.key.dtype}",
+    ranked = _common.seconds_per_call(lambda pair: rerank.score(*pair), sets * 3)
+    return {"streams": os.environ.get(STREAMS_ENV), "engine": f"{embed.key.backend} {embed.key.dtype}",
             "bulk_texts_per_s": statistics.median(bulk),
             "one_query_ms": statistics.median(one) * 1000, "rerank_ms": statistics.median(ranked) * 1000}
 
 
 def run_worker(setting: str, args: argparse.Namespace, cross_encoder: str) -> dict[str, Any]:
-    env = {**os.environ, "LANCEDB_BAAI_STREAMS": setting, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env = {**os.environ, STREAMS_ENV: setting, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     argv = [sys.executable, __file__, "--worker", setting, "--cross-encoder", cross_encoder,
             "--backend", args.backend, "--dtype", args.dtype, *(["--quick"] if args.quick else [])]
     proc = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=1800)
